@@ -1,0 +1,208 @@
+"""Builds the tiny world: tokenizer, base model, endpoint models and benchmarks, cached by a hash of its spec.
+
+A world is a directory::
+
+    world.json              spec, spec hash, models, tasks, sha256 of every weight and data file
+    models/<name>/          Hugging Face folders (safetensors, config.json, tokenizer files)
+    tasks/<task>.yaml       lm-eval task files
+    tasks/data/<task>.jsonl their items
+
+It is written into a temporary sibling directory and renamed into place only when complete, so a crash
+never leaves a half-built world where a later run would take it for a finished one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import language as L
+from . import tasks as T
+from ..progress import progress as _progress
+
+WORLD_VERSION = 1  # bump when generators or training change, so old caches are not reused
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    size: str
+    seed: int
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    block: int
+    batch: int
+    base_steps: int
+    endpoint_steps: int
+    base_lr: float
+    endpoint_lr: float
+    items_per_task: int
+    creatures: int
+    version: int = WORLD_VERSION
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+SIZES = {
+    # micro: for tests, builds in well under a minute on 2 cores. Fewer items keep test evaluations quick.
+    "micro": dict(hidden=64, intermediate=160, layers=2, heads=4, kv_heads=2, block=64, batch=32,
+                  base_steps=300, endpoint_steps=150, base_lr=3e-3, endpoint_lr=2e-3,
+                  items_per_task=200, creatures=70),
+    # small: the demo's world, at least 1000 items per task.
+    "small": dict(hidden=128, intermediate=352, layers=4, heads=4, kv_heads=2, block=64, batch=32,
+                  base_steps=2000, endpoint_steps=1200, base_lr=3e-3, endpoint_lr=1.5e-3,
+                  items_per_task=1000, creatures=340),
+}
+ENDPOINTS = {
+    "math_en": "arithmetic word problems in English",
+    "lang_vl": "general text in Veltic, the second language",
+    "facts_en": "facts about made-up creatures (the distractor)",
+}
+
+
+def world_spec(size: str, seed: int = 0) -> WorldSpec:
+    if size not in SIZES:
+        raise ValueError(f"unknown world size {size!r}: expected one of {', '.join(SIZES)}")
+    return WorldSpec(size=size, seed=seed, **SIZES[size])
+
+
+@dataclass
+class World:
+    """A built world on disk."""
+
+    root: Path
+    spec: WorldSpec
+    files: dict = field(default_factory=dict)
+
+    @property
+    def base(self) -> Path:
+        return self.root / "models" / "base"
+
+    @property
+    def endpoints(self) -> dict[str, Path]:
+        return {name: self.root / "models" / name for name in ENDPOINTS}
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.root / "tasks"
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(T.TASKS)
+
+    def model(self, name: str) -> Path:
+        if name == "base":
+            return self.base
+        if name not in ENDPOINTS:
+            raise ValueError(f"world has no model {name!r}: expected base or one of {', '.join(ENDPOINTS)}")
+        return self.endpoints[name]
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("MERGE3_HOME", Path.home() / ".cache" / "merge3"))
+
+
+def world_dir(spec: WorldSpec, out: Path | None = None) -> Path:
+    return Path(out) if out is not None else default_cache() / "worlds" / f"{spec.size}-{spec.digest()}"
+
+
+def load_world(root: Path) -> World:
+    meta_path = Path(root) / "world.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: not a merge3 world (no world.json); build one with `merge3 world build`")
+    meta = json.loads(meta_path.read_text())
+    return World(root=Path(root), spec=WorldSpec(**meta["spec"]), files=meta["files"])
+
+
+def resolve_world(name_or_path: str) -> World:
+    """``micro``/``small`` (built or reused from the cache) or the path of a built world."""
+    if name_or_path in SIZES:
+        return build_world(name_or_path)
+    return load_world(Path(name_or_path))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_writable(root: Path) -> None:
+    parent = root.parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise PermissionError(f"cannot write the world to {root}: {probe} is not a writable directory")
+
+
+def build_world(size: str = "small", out: str | Path | None = None, seed: int = 0, progress: bool = True) -> World:
+    """Builds the world (or reuses a complete one with the same spec) and returns it."""
+    spec = world_spec(size, seed)
+    root = world_dir(spec, Path(out) if out is not None else None)
+    if (root / "world.json").is_file():
+        world = load_world(root)
+        if world.spec != spec:
+            raise ValueError(f"{root} holds a different world ({world.spec.size}, seed {world.spec.seed}, "
+                             f"version {world.spec.version}); choose another --out")
+        return world
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} exists and is not a merge3 world; choose an empty or new --out")
+    _check_writable(root)
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _build_into(tmp, root, spec, progress)
+        if root.exists():
+            root.rmdir()  # an empty directory given as --out
+        os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_world(root)
+
+
+def _build_into(tmp: Path, final: Path, spec: WorldSpec, progress: bool) -> None:
+    from .train import make_tokenizer, new_model, train_model  # torch is imported only when building
+
+    lexicon = L.Lexicon.build(spec.seed, spec.creatures)
+    for task in T.TASKS:
+        T.write_task(task, T.make_items(task, lexicon, spec.seed, spec.items_per_task), tmp / "tasks", final / "tasks")
+
+    tokenizer = make_tokenizer(lexicon.vocabulary())
+    total = spec.base_steps + len(ENDPOINTS) * spec.endpoint_steps
+    bar = _progress(total, f"building {spec.size} world", progress)
+    try:
+        base = new_model(spec, len(tokenizer))
+        docs = T.corpus_documents("base", lexicon, spec.seed, spec.base_steps * spec.batch)
+        train_model(base, tokenizer, docs, spec, spec.base_steps, spec.base_lr, seed=spec.seed, bar=bar, label="base")
+        _save(base, tokenizer, tmp / "models" / "base")
+        for i, name in enumerate(ENDPOINTS):
+            model = new_model(spec, len(tokenizer))
+            model.load_state_dict(base.state_dict())
+            docs = T.corpus_documents(name, lexicon, spec.seed, spec.endpoint_steps * spec.batch)
+            train_model(model, tokenizer, docs, spec, spec.endpoint_steps, spec.endpoint_lr,
+                        seed=spec.seed + 1 + i, bar=bar, label=name)
+            _save(model, tokenizer, tmp / "models" / name)
+    finally:
+        bar.close()
+
+    files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*"))
+             if p.is_file() and (p.suffix in (".safetensors", ".jsonl"))}
+    meta = {"spec": asdict(spec), "hash": spec.digest(), "tasks": T.TASKS, "endpoints": ENDPOINTS, "files": files}
+    (tmp / "world.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def _save(model, tokenizer, path: Path) -> None:
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
