@@ -1,0 +1,100 @@
+"""Sparsification of one task vector (mergekit 0.1.5 semantics), computed in the tensor's dtype (float32 here).
+
+Magnitude selection uses ``kthvalue`` thresholds instead of a full sort (the task vector is the same for every
+candidate, only the density changes) and falls back to an exact sort only when ties at the threshold would keep
+the wrong number of entries.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_EPS = 1e-7
+
+
+def rescale_l1(tensor: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Scale the kept entries so the L1 norm matches the unpruned tensor (mergekit PR #245, not 1/density)."""
+    before = tensor.abs().sum()
+    after = masked.abs().sum()
+    if before < _EPS or after < _EPS:
+        return masked
+    return masked * (before / after)
+
+
+def _finish(tensor, mask, rescale):
+    masked = tensor * mask
+    return rescale_l1(tensor, masked) if rescale else masked
+
+
+def magnitude(tensor: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
+    """Keep the k = max(1, int(density * numel)) largest |entries| (TIES)."""
+    if density >= 1:
+        return tensor
+    n = tensor.numel()
+    if density <= 0 or n == 0:
+        return torch.zeros_like(tensor)
+    k = max(1, int(density * n))
+    a = tensor.abs().reshape(-1)
+    thr = torch.kthvalue(a, n - k + 1).values
+    mask = a >= thr
+    if int(mask.sum()) != k:  # ties at the threshold: choose exactly k, as a sort would
+        mask = torch.zeros_like(mask)
+        mask[torch.argsort(a, descending=True)[:k]] = True
+    return _finish(tensor, mask.reshape(tensor.shape).to(tensor.dtype), rescale)
+
+
+def magnitude_outliers(tensor: torch.Tensor, density: float, gamma: float = 0.01,
+                       rescale: bool = False) -> torch.Tensor:
+    """Drop the largest gamma fraction and the smallest entries so that int(density * numel) remain (breadcrumbs)."""
+    if density >= 1:
+        return tensor
+    n = tensor.numel()
+    target = int(density * n)
+    n_top = int(gamma * n)
+    n_bot = max(0, n - target - n_top)
+    if target <= 0 or n == 0:
+        return _finish(tensor, torch.zeros_like(tensor), rescale)
+    a = tensor.abs().reshape(-1)
+    lo = torch.kthvalue(a, n_bot + 1).values
+    hi = torch.kthvalue(a, n_bot + target).values
+    mask = (a >= lo) & (a <= hi)
+    if int(mask.sum()) != target:  # ties at a boundary: take exactly the ranks [n_bot, n_bot + target)
+        mask = torch.zeros_like(mask)
+        mask[torch.sort(a).indices[n_bot:n_bot + target]] = True
+    return _finish(tensor, mask.reshape(tensor.shape).to(tensor.dtype), rescale)
+
+
+def random(tensor: torch.Tensor, density: float, generator: torch.Generator | None,
+           rescale: bool = False) -> torch.Tensor:
+    """Keep each entry with probability density (DARE)."""
+    if density >= 1:
+        return tensor
+    mask = torch.rand(tensor.shape, generator=generator, device=tensor.device, dtype=torch.float32) < density
+    return _finish(tensor, mask.to(tensor.dtype), rescale)
+
+
+def della_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Per-row magnitude ranks normalized to [0, 1] (0: smallest); independent of the candidate, so cacheable."""
+    t2 = tensor.unsqueeze(0) if tensor.dim() < 2 else tensor
+    t2 = t2.reshape(t2.shape[0], -1) if t2.dim() > 2 else t2
+    ranks = torch.argsort(torch.argsort(t2.abs(), dim=1), dim=1)
+    cols = t2.shape[1]
+    return ranks.to(torch.int16 if cols <= 32767 else torch.int32)
+
+
+def della(tensor: torch.Tensor, density: float, epsilon: float, generator: torch.Generator | None,
+          rescale: bool = False, ranks: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep entries with probability rising with their rank by magnitude within the row (DELLA MagPrune)."""
+    if density >= 1:
+        return tensor
+    if density <= 0:
+        return torch.zeros_like(tensor)
+    if density + epsilon >= 1 or density - epsilon <= 0:
+        raise ValueError(f"della needs density +/- epsilon inside (0, 1), got density={density:g}, epsilon={epsilon:g}")
+    if ranks is None:
+        ranks = della_ranks(tensor)
+    cols = ranks.shape[1]
+    rank_norm = ranks.to(torch.float32) / max(cols - 1, 1)  # (rank - min) / (max - min), ranks 0..cols-1
+    probs = (density - epsilon) + rank_norm * (2 * epsilon)
+    mask = torch.rand(probs.shape, generator=generator, device=tensor.device, dtype=torch.float32) < probs
+    return _finish(tensor, mask.reshape(tensor.shape).to(tensor.dtype), rescale)
