@@ -1,0 +1,119 @@
+"""``merge3 export RUN_DIR OUT_DIR``: chosen candidates as Hugging Face folders, checked on the full benchmarks.
+
+Each candidate's recipe is decoded from its logged genome and merge seed (the very merge the search scored),
+materialized in memory, evaluated on every item of every task (the held-out check: the search only saw
+anchors), and written with the merge engine's export, its model card carrying the estimated and the full
+scores. ``OUT_DIR/summary.md`` and ``summary.json`` hold the table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+def choose(info_records: list[dict], cfg: dict, meta: dict, front: bool, top: int | None) -> list[dict]:
+    from . import config as C
+    from .runner import pareto_front
+
+    records = [r for r in info_records if r.get("status") == "ok"]
+    if top is not None:
+        if top < 1:
+            raise ValueError("--top K: K must be at least 1")
+        seen, out = set(), []
+        for r in sorted(records, key=lambda r: (sum(r["F"]) / len(r["F"]), r["generation"], r["index"])):
+            key = tuple(r["genome"])
+            if key not in seen:
+                seen.add(key)
+                out.append(r)
+            if len(out) == top:
+                break
+        return out
+    return pareto_front(records, C.n_objectives(cfg))
+
+
+def export_run(run_dir, out_dir, front: bool = False, top: int | None = None, evaluate: bool = True,
+               progress: bool = True) -> dict:
+    import yaml
+
+    from ..evaluation.lmeval import EvalOptions, TaskSuite, accuracy
+    from ..genome import Genome
+    from ..merging.export import export_merged
+    from ..merging.materializer import Materializer
+    from . import config as C
+    from .runner import LOG, EvalLog
+
+    rd, out = Path(run_dir), Path(out_dir)
+    if not (rd / "config.yaml").is_file():
+        raise FileNotFoundError(f"{rd} is not a merge3 run directory (no config.yaml)")
+    cfg = yaml.safe_load((rd / "config.yaml").read_text())
+    meta = json.loads((rd / "meta.json").read_text()) if (rd / "meta.json").exists() else {}
+    recs = {}
+    for r in EvalLog(rd / LOG).read():
+        recs[(r["generation"], r["index"])] = r
+    records = sorted(recs.values(), key=lambda r: (r["generation"], r["index"]))
+    chosen = choose(records, cfg, meta, front, top)
+    if not chosen:
+        raise ValueError(f"{rd}: no successfully evaluated candidate to export yet")
+    clash = [c["candidate"] for c in chosen if (out / c["candidate"]).exists()]
+    if clash:
+        raise FileExistsError(f"{out}/{clash[0]} exists; choose another OUT_DIR or remove it")
+    out.mkdir(parents=True, exist_ok=True)
+
+    w = cfg["workers"]
+    genome = Genome.from_config(C.genome_config(cfg), len(cfg["models"]), C.n_layers_of(cfg["base"]))
+    mat = Materializer(cfg["base"], cfg["models"], device=w["device"], dtype=w["dtype"],
+                       offload_task_vectors=w["offload_task_vectors"])
+    suite = lm = None
+    if evaluate:
+        opts = dict(cfg["evaluation"])
+        if w["device"]:
+            opts.setdefault("device", w["device"])
+        suite = TaskSuite(cfg["tasks"], include_path=cfg["include_path"], options=EvalOptions.from_dict(opts),
+                          cache_dir=str(rd.resolve()))
+        lm = suite.wrap_model(mat.model, mat.tokenizer)
+    rows = []
+    for k, rec in enumerate(chosen):
+        t0 = time.time()
+        recipe = genome.decode(rec["genome"], base=cfg["base"], models=cfg["models"], seed=rec["seed"])
+        mat.apply(recipe)
+        full = None
+        if evaluate:
+            full = accuracy(suite.evaluate(lm, items=None))
+        est = rec["objectives"]
+        lines = [f"## merge3 search candidate {rec['candidate']}", "",
+                 f"From run `{cfg.get('name')}` (generation {rec['generation']}, index {rec['index']}); fitness "
+                 f"{cfg['fitness']['type']}" + (f" with estimator {cfg['fitness']['estimator']}"
+                                               if cfg['fitness']['type'] == 'irt' else "")
+                 + f" on {sum((meta.get('anchor_counts') or {}).values()) or 'all'} items.", "",
+                 "| task | estimated (search) | full benchmark |", "|---|---|---|"]
+        for t in cfg["tasks"]:
+            f = f"{full[t]:.4f}" if full else "not evaluated"
+            lines.append(f"| {t} | {est.get(t, float('nan')):.4f} | {f} |")
+        lines += ["", f"Genome: `{[round(v, 6) for v in rec['genome']]}`, merge seed {rec['seed']}."]
+        path = export_merged(mat, recipe, out / rec["candidate"], extra_card_text="\n".join(lines) + "\n")
+        rows.append({"candidate": rec["candidate"], "path": str(path), "genome": rec["genome"], "seed": rec["seed"],
+                     "estimated": est, "full": full, "seconds": time.time() - t0})
+        if progress:
+            fs = ", ".join(f"{t} est {est[t]:.3f}" + (f" / full {full[t]:.3f}" if full else "") for t in cfg["tasks"])
+            print(f"exported {rec['candidate']} ({k + 1}/{len(chosen)}): {fs}", flush=True)
+    summary = {"run_dir": str(rd), "tasks": cfg["tasks"], "candidates": rows,
+               "full_items_per_model": sum(suite.n_items().values()) if suite else None}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+    (out / "summary.md").write_text(summary_table(rows, cfg["tasks"]))
+    print(summary_table(rows, cfg["tasks"]))
+    return summary
+
+
+def summary_table(rows: list[dict], tasks: list[str]) -> str:
+    head = "| candidate | " + " | ".join(f"{t} est | {t} full" for t in tasks) + " |"
+    sep = "|---|" + "---|---|" * len(tasks)
+    lines = [head, sep]
+    for r in rows:
+        cells = []
+        for t in tasks:
+            cells.append(f"{r['estimated'][t]:.3f}")
+            cells.append(f"{r['full'][t]:.3f}" if r.get("full") else "-")
+        lines.append(f"| {r['candidate']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
