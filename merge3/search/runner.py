@@ -354,27 +354,30 @@ class Search:
 
         cfg = self.cfg
         cs = cfg["fitness"]["calibration_settings"]
+        anc = cfg["fitness"]["anchors"]
         cal_cfg = {"base": cfg["base"], "endpoints": list(cfg["models"]), "tasks": list(cfg["tasks"]),
-                   "include_path": cfg["include_path"], "n_random_merges": cs["n_random_merges"],
-                   "genome": C.genome_config(cfg), "irt": dict(cs["irt"]), "seed": cfg["seed"],
-                   "eval": dict(cfg["evaluation"])}
-        if cfg.get("world"):
-            cal_cfg["world"] = cfg["world"]
-        _say(f"calibrating into {out} ({len(cfg['models'])} endpoints + {cs['n_random_merges']} random merges, "
-             "full evaluation once)")
-        if out.exists():  # an incomplete calibration from a killed run
+                   "n_random_merges": cs["n_random_merges"], "genome": C.genome_config(cfg), "irt": dict(cs["irt"]),
+                   "seed": cfg["seed"], "eval": dict(cfg["evaluation"]),
+                   "anchors": {"method": anc["method"], "n": anc["n"], "seed": anc["seed"]}}
+        if cfg["include_path"]:
+            cal_cfg["include_path"] = cfg["include_path"]
+        _say(f"calibrating into {out}: {len(cfg['models'])} endpoints, the base and {cs['n_random_merges']} random "
+             "merges evaluated fully, once")
+        if out.exists():  # an incomplete calibration from a killed run (its evaluations resume from .partial)
             import shutil
 
             shutil.rmtree(out)
-        calibrate(cal_cfg, out)
+        calibrate(cal_cfg, out, log=_say if self.show else None)
 
     def _calibration_items(self, cal_dir, n_items: dict) -> int:
-        if not cal_dir:
-            return 0
-        n_models = len(self.cfg["models"]) + self.cfg["fitness"]["calibration_settings"]["n_random_merges"]
-        if self.cfg["fitness"]["calibration"] != "auto":
-            return 0  # made before this run; its cost is not this run's
-        return n_models * sum(n_items.values())
+        if not cal_dir or self.cfg["fitness"]["calibration"] != "auto":
+            return 0  # no calibration, or one made before this run: its cost is not this run's
+        try:
+            meta = json.loads((Path(cal_dir) / "calibration.json").read_text())
+            return int(meta["cost"]["items_total"])
+        except (OSError, KeyError, ValueError, TypeError):
+            n_models = len(self.cfg["models"]) + 1 + self.cfg["fitness"]["calibration_settings"]["n_random_merges"]
+            return n_models * sum(n_items.values())
 
     def _select_anchors(self, suite, cal_dir) -> dict[str, list[str]]:
         fit = self.cfg["fitness"]
@@ -383,7 +386,8 @@ class Search:
             from ..calibration import Calibration
             from ..irt import select_anchors
 
-            a = select_anchors(anc["method"], anc["n"], Calibration.load(cal_dir), anc["seed"])
+            a = select_anchors(anc["method"], anc["n"], Calibration.load(cal_dir), anc["seed"],
+                               tasks=list(self.cfg["tasks"]))
             items = {t: list(map(str, a.items[t])) for t in self.cfg["tasks"] if t in a.items}
             missing = [t for t in self.cfg["tasks"] if t not in items]
             if missing:
@@ -402,7 +406,8 @@ class Search:
         from ..irt import select_anchors
 
         anc = self.cfg["fitness"]["anchors"]
-        a = select_anchors(anc["method"], anc["n"], Calibration.load(cal_dir), anc["seed"])
+        a = select_anchors(anc["method"], anc["n"], Calibration.load(cal_dir), anc["seed"],
+                           tasks=list(anchors))
         got = {t: list(map(str, a.items[t])) for t in anchors}
         if got != anchors:
             raise RuntimeError(f"{self.run_dir}/anchors.json does not match the calibration's anchor selection")

@@ -1,0 +1,134 @@
+"""``merge3 demo``: the whole MERGE3 pipeline on the small world, end to end, on a local Ray.
+
+1. build (or reuse) the world; 2. calibrate (inside the run directory, once); 3. a short two-objective search
+(Veltic math, the target no endpoint was trained on, vs Veltic language) with the endpoints on local Ray
+workers; 4. export the Pareto front as Hugging Face folders, each evaluated on the full benchmarks;
+5. a table: every endpoint and every exported merge on the full benchmarks, and what the search's evaluations
+cost against evaluating every candidate fully. Re-running reuses every finished step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DEMO_CONFIG = {
+    "name": "demo",
+    "seed": 0,
+    "base": "base",
+    "models": ["math_en", "lang_vl", "facts_en"],
+    "tasks": ["tw_arith_vl", "tw_lang_vl"],
+    "objectives": {"mode": "per_task"},
+    "merge": {"method": "dare_ties", "parameters": {"weight": [0.0, 1.0], "density": [0.1, 1.0]},
+              "layer_granularity": 0},
+    "fitness": {"type": "irt", "estimator": "mpirt", "calibration": "auto",
+                "calibration_settings": {"n_random_merges": 10}, "anchors": {"method": "random", "n": 20}},
+    "algorithm": {"name": "nsga2", "pop_size": 8, "generations": 5},
+    "evaluation": {"batch_size": 64},
+    "workers": {"cpus_per_worker": 1, "local_cpus": 2},
+}
+QUICK = {"algorithm": {"name": "nsga2", "pop_size": 6, "generations": 2},
+         "fitness_calibration": {"n_random_merges": 6}}
+
+
+def demo_config(world: str = "small", quick: bool = False) -> dict:
+    import copy
+
+    cfg = copy.deepcopy(DEMO_CONFIG)
+    cfg["world"] = world
+    if quick:
+        cfg["algorithm"] = dict(QUICK["algorithm"])
+        cfg["fitness"]["calibration_settings"] = dict(QUICK["fitness_calibration"])
+    return cfg
+
+
+def _endpoint_scores(cfg: dict, run_dir: Path) -> dict:
+    """Full-benchmark accuracy of the base and each endpoint: from the calibration's full responses when it
+    has them (it evaluated them fully), else evaluated here; cached in the run directory."""
+    path = run_dir / "endpoint_scores.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    scores = {}
+    names = {"base": cfg["base"], **{Path(m).name: m for m in cfg["models"]}}
+    cal = run_dir / "calibration" / "responses.jsonl"
+    if cal.exists():
+        try:
+            from .evaluation.store import ResponseStore
+
+            store = ResponseStore(cal)
+            meta = json.loads((run_dir / "calibration" / "calibration.json").read_text())
+            by_path = {str(Path(p).resolve()): n for n, p in (meta.get("endpoint_paths") or {}).items()}
+            if meta.get("base_path"):
+                by_path[str(Path(meta["base_path"]).resolve())] = "base"
+            for name, p in names.items():
+                key = by_path.get(str(Path(p).resolve()))
+                if key is not None and key in store:
+                    resp = store.get(key)
+                    scores[name] = {t: sum(resp[t].values()) / len(resp[t]) for t in cfg["tasks"]}
+        except Exception:
+            scores = {}
+    missing = [n for n in names if n not in scores]
+    if missing:
+        from .evaluation.lmeval import EvalOptions, TaskSuite, accuracy
+
+        suite = TaskSuite(cfg["tasks"], include_path=cfg["include_path"],
+                          options=EvalOptions.from_dict(cfg["evaluation"]), cache_dir=str(run_dir))
+        for n in missing:
+            scores[n] = accuracy(suite.evaluate(suite.wrap_model(names[n]), items=None))
+    path.write_text(json.dumps(scores, indent=1, sort_keys=True))
+    return scores
+
+
+def run_demo(run_dir="runs/demo", world: str = "small", quick: bool = False) -> dict:
+    from .search import config as C
+    from .search.export import export_run
+    from .search.runner import Search
+    from .search.status import status
+    from .world import resolve_world
+
+    run_dir = Path(run_dir)
+    w = resolve_world(world)
+    print(f"demo: world {w.spec.size} at {w.root}", flush=True)
+    search_dir = run_dir / "search"
+    if (search_dir / "config.yaml").exists():
+        print(f"demo: continuing the search in {search_dir}", flush=True)
+        res = Search.open(search_dir).run()
+    else:
+        cfg = C.load_config(demo_config(str(w.root), quick), name="demo", base_dir=Path.cwd())
+        res = Search.create(cfg, run_dir=search_dir, config_name="demo").run()
+    import yaml
+
+    cfg = yaml.safe_load((search_dir / "config.yaml").read_text())
+    export_dir = run_dir / "export"
+    if (export_dir / "summary.json").exists():
+        summary = json.loads((export_dir / "summary.json").read_text())
+    else:
+        if export_dir.exists():
+            import shutil
+
+            shutil.rmtree(export_dir)  # an interrupted export
+        summary = export_run(search_dir, export_dir, front=True, evaluate=True, progress=True)
+    scores = _endpoint_scores(cfg, search_dir)
+    info = status(search_dir, plot_png=True)
+    tasks = cfg["tasks"]
+    lines = ["", "| model | " + " | ".join(tasks) + " | estimated (search) |",
+             "|---|" + "---|" * len(tasks) + "---|"]
+    for name, s in scores.items():
+        lines.append(f"| {name} | " + " | ".join(f"{s[t]:.3f}" for t in tasks) + " | |")
+    for row in summary["candidates"]:
+        est = ", ".join(f"{row['estimated'][t]:.3f}" for t in tasks)
+        lines.append(f"| merge {row['candidate']} | " + " | ".join(f"{row['full'][t]:.3f}" for t in tasks)
+                     + f" | {est} |")
+    c = info["cost"]
+    lines.append("")
+    lines.append(f"search: {info['evaluations']} candidates in {info['generation']} generations; fitness evaluated "
+                 f"{c['items_evaluated']} items vs {c['items_full_evaluation']} for full evaluation "
+                 f"({c['items_full_evaluation'] / max(c['items_evaluated'], 1):.0f}x fewer"
+                 + (f"; {(c['items_full_evaluation']) / max(c['items_evaluated'] + c['calibration_items'], 1):.1f}x "
+                    f"counting the one-off calibration of {c['calibration_items']} items" if c["calibration_items"]
+                    else "") + ")")
+    lines.append(f"exported merges: {export_dir}; plot: {info.get('plot')}")
+    table = "\n".join(lines)
+    print(table)
+    (run_dir / "demo.md").write_text(table + "\n")
+    return {"scores": scores, "summary": summary, "status": info, "result": res}

@@ -1,0 +1,138 @@
+"""Malformed search configs are rejected with one clear line, before any evaluation and before the run
+directory is touched."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from merge3.search import config as C
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def micro_cfg(world) -> dict:
+    cfg = yaml.safe_load((ROOT / "experiments" / "micro.yaml").read_text())
+    cfg["world"] = str(world.root)
+    return cfg
+
+
+def test_schema_documents_every_key():
+    rows = C.describe()
+    keys = {k for k, _, _ in rows}
+    for k in ("name", "seed", "world", "base", "models", "tasks", "objectives.mode", "merge.method",
+              "merge.parameters", "fitness.type", "fitness.estimator", "fitness.calibration", "fitness.anchors.n",
+              "algorithm.name", "algorithm.pop_size", "algorithm.generations", "penalty", "workers.max_retries"):
+        assert k in keys
+    assert all(desc for _, desc, _ in rows)
+
+
+@pytest.mark.parametrize("patch, words", [
+    ({"bogus": 1}, ["unknown config key 'bogus'"]),
+    ({"algorithm": {"name": "nsga2", "popsize": 4}}, ["algorithm.popsize"]),
+    ({"algorithm": {"name": "nsga2", "pop_size": 1}}, ["algorithm.pop_size", "out of range"]),
+    ({"algorithm": {"name": "nsga2", "generations": 0}}, ["algorithm.generations"]),
+    ({"algorithm": {"name": "ga"}}, ["algorithm.name", "one objective"]),
+    ({"algorithm": {"name": "sgd"}}, ["algorithm.name"]),
+    ({"merge": {"method": "dare_ties", "parameters": {"weight": [1.0, 0.0]}}}, ["merge.parameters.weight"]),
+    ({"merge": {"method": "dare_ties", "parameters": {"weight": "x"}}}, ["merge.parameters.weight"]),
+    ({"fitness": {"estimator": "magic"}}, ["fitness.estimator"]),
+    ({"fitness": {"anchors": {"n": 0}}}, ["fitness.anchors.n"]),
+    ({"penalty": 2}, ["penalty"]),
+    ({"seed": -1}, ["seed"]),
+    ({"objectives": {"mode": "weighted_sum", "weights": {"tw_facts_en": 1.0}}}, ["objectives"]),
+    ({"evaluation": {"batchsize": 4}}, ["evaluation"]),
+    ({"workers": {"device": "tpu"}}, ["workers.device"]),
+])
+def test_normalize_rejects(patch, words):
+    cfg = yaml.safe_load((ROOT / "experiments" / "micro.yaml").read_text())
+    for k, v in patch.items():
+        cfg[k] = v
+    with pytest.raises(ValueError) as e:
+        C.normalize(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg
+
+
+def test_missing_required():
+    with pytest.raises(ValueError, match="'base' is required"):
+        C.normalize({"models": ["a"], "tasks": ["t"], "merge": {"method": "linear", "parameters": {"w": [0, 1]}}})
+
+
+def test_defaults_and_weighted_sum():
+    cfg = C.normalize({"base": "b", "models": ["m1", "m2"], "tasks": ["t1", "t2"],
+                       "objectives": {"mode": "weighted_sum", "weights": {"t1": 2, "t2": 1}},
+                       "merge": {"method": "linear", "parameters": {"weight": [0, 1]}}})
+    assert cfg["algorithm"]["name"] == "ga" and C.n_objectives(cfg) == 1
+    assert cfg["fitness"]["anchors"]["seed"] == cfg["seed"]
+    cfg = C.normalize({"base": "b", "models": ["m1"], "tasks": ["t1", "t2"],
+                       "merge": {"method": "linear", "parameters": {"weight": [0, 1]}}})
+    assert cfg["algorithm"]["name"] == "nsga2" and C.n_objectives(cfg) == 2
+
+
+def _run_cli(args, tmp_path):
+    env = dict(**__import__("os").environ)
+    return subprocess.run([sys.executable, "-m", "merge3.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+
+
+@pytest.mark.parametrize("kind", ["unknown_key", "bad_range", "missing_model", "incompatible", "unknown_task"])
+def test_search_rejects_before_touching_run_dir(kind, micro_world, tmp_path):
+    cfg = micro_cfg(micro_world)
+    if kind == "unknown_key":
+        cfg["fitness"]["estimater"] = "mpirt"
+        words = ["fitness.estimater"]
+    elif kind == "bad_range":
+        cfg["merge"]["parameters"]["density"] = [0.5, 0.2]
+        words = ["merge.parameters.density"]
+    elif kind == "missing_model":
+        cfg["models"] = ["math_en", str(tmp_path / "no_such_model")]
+        words = ["models[1]", "no_such_model", "not found"]
+    elif kind == "incompatible":
+        bad = tmp_path / "wide"
+        shutil.copytree(micro_world.endpoints["lang_vl"], bad)
+        conf = json.loads((bad / "config.json").read_text())
+        conf["hidden_size"] = conf["hidden_size"] * 2
+        (bad / "config.json").write_text(json.dumps(conf))
+        from safetensors.torch import load_file, save_file
+
+        for f in bad.glob("*.safetensors"):
+            sd = load_file(f)
+            k = next(k for k in sd if k.endswith("embed_tokens.weight"))
+            sd[k] = sd[k].repeat(1, 2).contiguous()
+            save_file(sd, f, metadata={"format": "pt"})
+        cfg["models"] = ["math_en", str(bad)]
+        words = ["models", "incompatible"]
+    else:
+        cfg["tasks"] = ["tw_arith_vl", "tw_no_such_task"]
+        cfg["objectives"] = {"mode": "per_task", "tasks": ["tw_arith_vl", "tw_no_such_task"]}
+        words = ["tw_no_such_task", "lm-eval does not know"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run_dir = tmp_path / "run"
+    r = _run_cli(["search", str(path), "--run-dir", str(run_dir), "--quiet"], tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("merge3: error:"), r.stderr[-2000:]
+    for w in words:
+        assert w in err[0], err[0]
+    assert not run_dir.exists()
+
+
+def test_load_config_resolves_world_names(micro_world):
+    cfg = C.load_config(micro_cfg(micro_world), name="x", check=False)
+    assert cfg["base"] == str(micro_world.base.resolve())
+    assert cfg["models"][0] == str(micro_world.endpoints["math_en"].resolve())
+    assert cfg["include_path"] == str(micro_world.tasks_dir.resolve())
+    d = copy.deepcopy(cfg)
+    d["workers"]["num_workers"] = 7
+    assert C.config_digest(d) == C.config_digest(cfg)

@@ -1,0 +1,111 @@
+"""The search loop with a synthetic in-process fitness (narrow unit tests of ask-and-tell, logging, penalties,
+checkpoints, locking). The real path (Ray, lm-eval, merges) is tested in test_search_e2e.py."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from merge3.search import runner as R
+from merge3.search.testing import SyntheticFitness
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synth_cfg(world, **alg) -> dict:
+    cfg = yaml.safe_load((ROOT / "experiments" / "micro.yaml").read_text())
+    cfg["world"] = str(world.root)
+    cfg["fitness"] = {"type": "anchor", "anchors": {"n": 5}}
+    cfg["algorithm"] = {"name": "nsga2", "pop_size": 4, "generations": 3, **alg}
+    return cfg
+
+
+@pytest.mark.parametrize("name, mode", [("nsga2", "per_task"), ("nsga3", "per_task"), ("ga", "weighted_sum"),
+                                        ("de", "weighted_sum"), ("cmaes", "weighted_sum")])
+def test_algorithms_run_and_log(name, mode, micro_world, tmp_path):
+    cfg = synth_cfg(micro_world, name=name, pop_size=4 if name != "nsga3" else 5)
+    cfg["objectives"] = {"mode": mode}
+    fit = SyntheticFitness(cfg["tasks"])
+    res = R.run(cfg, run_dir=tmp_path / "run", progress=False, evaluate=fit)
+    assert res.done and res.generations == 3
+    assert res.n_evaluations == 3 * cfg["algorithm"]["pop_size"]
+    log = [json.loads(line) for line in (tmp_path / "run" / "evaluations.jsonl").read_text().splitlines()]
+    assert len(log) == res.n_evaluations
+    for rec in log:
+        for key in ("candidate", "genome", "objectives", "anchors", "worker", "time", "seconds", "items_evaluated"):
+            assert key in rec
+        assert all(0.0 <= v <= 1.0 for v in rec["genome"])
+    assert (tmp_path / "run" / "checkpoint.pkl").exists() and (tmp_path / "run" / "result.json").exists()
+    assert res.front
+    if mode == "weighted_sum":
+        assert len(res.front) == 1
+    anchors = json.loads((tmp_path / "run" / "anchors.json").read_text())
+    assert set(anchors) == set(cfg["tasks"]) and all(len(v) == 5 for v in anchors.values())
+
+
+def test_failures_get_the_penalty(micro_world, tmp_path):
+    cfg = synth_cfg(micro_world)
+    cfg["penalty"] = 0.0
+    res = R.run(cfg, run_dir=tmp_path / "run", progress=False,
+                evaluate=SyntheticFitness(cfg["tasks"], fail_every=3))
+    failed = [r for r in res.evaluations if r["status"] != "ok"]
+    assert failed and res.done
+    for r in failed:
+        assert r["error"] and all(v == 0.0 for v in r["objectives"].values())
+
+
+def test_resume_after_stop_equals_uninterrupted(micro_world, tmp_path):
+    cfg = synth_cfg(micro_world, generations=4)
+    fit = SyntheticFitness(cfg["tasks"])
+    full = R.run(cfg, run_dir=tmp_path / "a", progress=False, evaluate=fit)
+    for stop in (3, 5, 2):  # stop mid-generation repeatedly, as if killed
+        if not (tmp_path / "b").exists():
+            R.run(cfg, run_dir=tmp_path / "b", progress=False, evaluate=fit, stop_after=stop)
+        else:
+            R.resume(tmp_path / "b", progress=False, evaluate=fit, stop_after=stop)
+    res = R.resume(tmp_path / "b", progress=False, evaluate=fit)
+    key = lambda r: (r["generation"], r["index"], tuple(r["genome"]), tuple(r["F"]))  # noqa: E731
+    assert sorted(map(key, res.evaluations)) == sorted(map(key, full.evaluations))
+    assert [key(r) for r in res.front] == [key(r) for r in full.front]
+    lines = (tmp_path / "b" / "evaluations.jsonl").read_text().splitlines()
+    assert len(lines) == full.n_evaluations  # nothing evaluated twice
+
+
+def test_second_process_is_locked_out(micro_world, tmp_path):
+    cfg = synth_cfg(micro_world, generations=2)
+    s = R.Search.create(cfg, run_dir=tmp_path / "run", progress=False, evaluate=SyntheticFitness(cfg["tasks"]))
+    try:
+        with pytest.raises(R.RunDirectoryLocked, match="in use by another merge3 process"):
+            R.Search.open(tmp_path / "run", progress=False)
+    finally:
+        s.lock.release()
+    with pytest.raises(FileExistsError, match="merge3 resume"):
+        R.run(cfg, run_dir=tmp_path / "run", progress=False, evaluate=SyntheticFitness(cfg["tasks"]))
+
+
+def test_status_json_and_plot(micro_world, tmp_path, capsys):
+    from merge3.search.status import print_status
+
+    cfg = synth_cfg(micro_world)
+    R.run(cfg, run_dir=tmp_path / "run", progress=False, evaluate=SyntheticFitness(cfg["tasks"]))
+    info = print_status(tmp_path / "run", as_json=True)
+    out = json.loads(capsys.readouterr().out)
+    assert out["done"] is True and out["evaluations"] == 12 and out["generation"] == 3
+    assert out["front"] and {"genome", "objectives"} <= set(out["front"][0])
+    assert (tmp_path / "run" / "status.png").stat().st_size > 1000
+    assert info["cost"]["items_evaluated"] == 12 * 20
+    print_status(tmp_path / "run", as_json=False, plot=False)
+    assert "Pareto front" in capsys.readouterr().out
+
+
+def test_pareto_front():
+    recs = [{"generation": 0, "index": i, "F": f} for i, f in enumerate([[-1, 0], [0, -1], [-0.5, -0.5],
+                                                                          [-0.4, -0.4], [-1, 0]])]
+    front = R.pareto_front(recs, 2)
+    assert [r["index"] for r in front] == [0, 1, 2]
+    assert R.pareto_front(recs[:4], 1)[0]["index"] == 0
