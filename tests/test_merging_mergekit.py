@@ -116,7 +116,8 @@ def test_consensus_mask_matches_mergekit():
     base = torch.randn(40, 30, generator=g)
     deltas = [torch.randn(40, 30, generator=g) * s for s in (1.0, 0.5, 2.0)]
     deltas[1][deltas[1].abs() < 0.3] = 0        # pruned entries leave the per-element divisor
-    w = [0.7, 1.1, 0.4]
+    w = [0.5, 1.1, 0.25]
+    deltas[0][0, :5], deltas[1][0, :5], deltas[2][0, :5] = 1.0, 0.0, -2.0  # exact tie of the sum: counts as +
     stacked = torch.stack([d * x for d, x in zip(deltas, w)])
     mask = get_mask(stacked, method="sum")
     wt = torch.tensor(w).view(-1, 1, 1)
