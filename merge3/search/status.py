@@ -64,7 +64,7 @@ def plot(info: dict, out: Path) -> Path | None:
     ax = axes[0]
     front = info["front"]
     if F.shape[1] >= 2:
-        sc = ax.scatter(F[:, 0], F[:, 1], c=gens, cmap="viridis", s=18, alpha=0.7)
+        sc = ax.scatter(F[:, 0], F[:, 1], c=gens + 1, cmap="viridis", s=18, alpha=0.7)
         fig.colorbar(sc, ax=ax, label="generation")
         P = np.array([[e["objectives"][names[0]], e["objectives"][names[1]]] for e in front])
         order = np.argsort(P[:, 0])
@@ -74,7 +74,7 @@ def plot(info: dict, out: Path) -> Path | None:
         ax.set_title("candidates and Pareto front" + (" (first two objectives)" if F.shape[1] > 2 else ""))
         ax.legend()
     else:
-        ax.scatter(np.arange(len(F)), F[:, 0], c=gens, cmap="viridis", s=18)
+        ax.scatter(np.arange(len(F)), F[:, 0], c=gens + 1, cmap="viridis", s=18)
         ax.set_xlabel("evaluation")
         ax.set_ylabel(f"{names[0]} (estimated)")
         ax.set_title("all candidates")
@@ -86,6 +86,7 @@ def plot(info: dict, out: Path) -> Path | None:
         line = ax.plot(range(1, G + 1), best, "-o", label=f"{n} best so far")[0]
         ax.plot(range(1, G + 1), mean, "--", color=line.get_color(), alpha=0.6, label=f"{n} generation mean")
     ax.set_xlabel("generation")
+    ax.set_xticks(range(1, G + 1))
     ax.set_ylabel("estimated accuracy")
     ax.set_title("convergence")
     ax.legend(fontsize=7)
