@@ -351,12 +351,12 @@ def calibrate(config: dict, out_dir: str | Path, log=None) -> Path:
     """Runs a calibration (see module doc) into ``out_dir`` (must not exist) and returns it."""
     log = log or (lambda msg: None)
     cfg = dict(config)
-    _check_config(cfg)
     out = Path(out_dir)
     if (out / "calibration.json").exists():
         raise FileExistsError(f"{out} already holds a calibration; remove it or choose another --out")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose another --out")
+    _check_config(cfg)
     seed = int(cfg.get("seed", 0))
     irt = {**DEFAULT_IRT, **(cfg.get("irt") or {})}
     base, endpoints, tasks, include = _resolve_models(cfg)
@@ -389,6 +389,7 @@ def calibrate(config: dict, out_dir: str | Path, log=None) -> Path:
     train = names + [m for m in others if m not in val]
 
     t0 = time.time()
+    prior = (0.0, 3.0)  # ability prior for the full-response refits: weak (thousands of answers each)
     if cfg.get("import_item_params"):
         params = ItemParams.load(cfg["import_item_params"])
         missing = [t for t in tasks if t not in params.task_names()]
@@ -396,15 +397,17 @@ def calibrate(config: dict, out_dir: str | Path, log=None) -> Path:
             raise ValueError(f"{cfg['import_item_params']}: no item parameters for task(s) {missing}")
     else:
         log(f"calibration: fitting {irt['model_type']} (dim {irt['dim']}) on {len(train)} models")
-        params, _ = fit_irt(store, model_type=irt["model_type"], dim=int(irt["dim"]), epochs=int(irt["epochs"]),
+        params, fitted = fit_irt(store, model_type=irt["model_type"], dim=int(irt["dim"]), epochs=int(irt["epochs"]),
                             lr=float(irt["lr"]), seed=seed, models=train, tasks=tasks,
                             **({"priors": irt["priors"]} if "priors" in irt else {}))
+        th = np.array(list(fitted.values()))
+        prior = (th.mean(axis=0), float(max(1.0, th.std())))  # py-irt's own scale for the abilities
     fit_seconds = time.time() - t0
     # Abilities by MAP with the items fixed: endpoints (mp-IRT's basis) and every population model.
     abilities = {}
     for m in complete:
         full = store.get(m)
-        abilities[m] = fit_ability(params, {t: full[t] for t in tasks}).tolist()
+        abilities[m] = fit_ability(params, {t: full[t] for t in tasks}, *prior).tolist()
     n_items = {t: len(params.rows(t)) for t in tasks}
     cost.update(fit_seconds=fit_seconds, n_models=len(complete),
                 items_per_model=sum(n_items.values()), items_total=len(complete) * sum(n_items.values()))

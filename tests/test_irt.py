@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from irt_sim import sample_responses, simulate_params, simulate_population
+from merge3.irt.simulate import sample_responses, simulate_params, simulate_population
 from merge3.calibration import Calibration
 from merge3.irt import ESTIMATORS, Anchors, ItemParams, estimate, fit_ability, mp_ability, select_anchors
 from merge3.irt.fit import responses_to_rows

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from merge3.evaluation.store import ResponseStore
-from merge3.irt.params import ItemParams
+from ..evaluation.store import ResponseStore
+from .params import ItemParams
 
 
 def simulate_params(tasks=("ta", "tb"), n_items=300, dim=3, seed=0) -> ItemParams:
