@@ -1,5 +1,5 @@
-"""Ray worker pool: a worker killed mid-evaluation has its candidate retried on another worker, and the search
-goes on (real Ray actors, real merges, real lm-eval)."""
+"""Ray worker pool: a worker killed mid-evaluation has its candidate retried on another worker (bounded
+retries, then the penalty), and the search goes on (real Ray actors, real merges, real lm-eval)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,15 @@ def test_killed_worker_candidate_is_retried(micro_world, tmp_path):
     cfg["world"] = str(micro_world.root)
     cfg["fitness"] = {"type": "anchor", "anchors": {"n": 8}}  # raw anchor accuracy: no calibration needed
     cfg["algorithm"] = {"name": "nsga2", "pop_size": 4, "generations": 1}
-    res = R.run(cfg, run_dir=tmp_path / "run", progress=False, fault={(0, 1)})
+    cfg["workers"]["max_retries"] = 1
+    cfg["penalty"] = 0.0
+    # candidate 1: its worker dies once (retried elsewhere, succeeds); candidate 2: dies on every attempt
+    res = R.run(cfg, run_dir=tmp_path / "run", progress=False, fault={(0, 1): 1, (0, 2): 99})
     assert res.done and res.n_evaluations == 4
     by_index = {r["index"]: r for r in res.evaluations}
-    assert all(r["status"] == "ok" for r in res.evaluations), [r["error"] for r in res.evaluations]
-    killed = by_index[1]
-    assert killed["attempts"] == 2
-    assert all(by_index[i]["attempts"] == 1 for i in (0, 2, 3))
-    assert killed["items_evaluated"] == 16
+    assert by_index[1]["status"] == "ok" and by_index[1]["attempts"] == 2
+    assert by_index[1]["items_evaluated"] == 16
+    assert by_index[2]["status"] == "failed" and by_index[2]["attempts"] == 2
+    assert "worker died" in by_index[2]["error"]
+    assert all(v == 0.0 for v in by_index[2]["objectives"].values())
+    assert all(by_index[i]["status"] == "ok" and by_index[i]["attempts"] == 1 for i in (0, 3))

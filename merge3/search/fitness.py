@@ -117,7 +117,7 @@ class CandidateEvaluator:
         s = self.spec
         out = {"generation": task["generation"], "index": task["index"], "worker": self.name,
                "items_evaluated": 0, "status": "ok", "error": None, "objectives": None, "raw": None}
-        if task.get("crash"):
+        if int(task.get("crash_attempts", 0)) > int(task.get("attempt", 0)):
             os._exit(13)  # simulates a worker killed mid-evaluation (tests only)
         try:
             recipe = self.genome.decode(list(task["x"]), base=s.base, models=s.models, seed=int(task["seed"]))

@@ -241,13 +241,16 @@ class Search:
     """One search in one run directory. ``Search.create`` for a new run, ``Search.open`` to resume one.
 
     ``evaluate``: optional ``task -> result`` callable replacing the Ray pool (narrow unit tests, benchmarks);
-    ``fault``: {(generation, index)} whose first evaluation kills its worker (tests of worker death).
+    ``fault``: {(generation, index)} whose first evaluation kills its worker, or {(generation, index): n} for its
+    first n attempts (tests of worker death).
     """
 
     def __init__(self, cfg: dict, run_dir: Path, address: str | None = None, progress: bool = True,
                  evaluate=None, fault=None, stop_after: int | None = None):
         self.cfg, self.run_dir, self.address, self.show = cfg, Path(run_dir), address, progress
-        self._evaluate, self.fault = evaluate, set(map(tuple, fault or ()))
+        self._evaluate = evaluate
+        # fault injection (tests): {(generation, index): n} kills the worker on the candidate's first n attempts
+        self.fault = {tuple(k): 1 for k in fault} if isinstance(fault, (set, list, tuple)) else dict(fault or {})
         self.stop_after = stop_after  # stop (as if killed) after this many new evaluations (tests)
         self.log = EvalLog(self.run_dir / LOG)
         self.lock = RunLock(self.run_dir)
@@ -518,7 +521,7 @@ class Search:
                     task = {"generation": gen, "index": i, "x": [float(v) for v in x],
                             "seed": candidate_seed(cfg["seed"], gen, i)}
                     if (gen, i) in self.fault:
-                        task["crash"] = True
+                        task["crash_attempts"] = int(self.fault[(gen, i)])
                     tasks.append(task)
                 bar = _progress(len(X), f"generation {gen + 1}/{G}", self.show, unit="candidates")
                 bar.update(len(X) - len(tasks))

@@ -106,9 +106,7 @@ class RayPool:
             while queue and idle:
                 actor = idle.popleft()
                 task, attempts = queue.popleft()
-                sent = dict(task)
-                if attempts > 0:
-                    sent.pop("crash", None)  # fault injection hits the first attempt only
+                sent = dict(task, attempt=attempts)
                 running[actor.evaluate.remote(sent)] = (actor, task, attempts)
             if not running:
                 raise RuntimeError("no live Ray worker left to evaluate candidates")

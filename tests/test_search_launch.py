@@ -1,0 +1,39 @@
+"""`merge3 launch`: the config is checked before any cluster is contacted; an unreachable job server is one
+clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from merge3.search.launch import launch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_launch_rejects_bad_config_before_connecting(tmp_path):
+    cfg = yaml.safe_load((ROOT / "experiments" / "micro.yaml").read_text())
+    cfg["algorithm"]["pop_size"] = 0
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match="algorithm.pop_size"):
+        launch(p, address="http://127.0.0.1:1")
+
+
+def test_launch_unreachable_cluster(tmp_path):
+    with pytest.raises(ValueError, match="cannot reach the Ray job server"):
+        launch(ROOT / "experiments" / "micro.yaml", address="http://127.0.0.1:1")
+
+
+def test_cluster_file_is_not_open_to_the_world():
+    c = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    assert c["head_node_type"] in c["available_node_types"]
+    assert any("GPU" in str(v) or "g5" in str(v.get("node_config", {})) for v in c["available_node_types"].values())
+    head = " ".join(c["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head
+    for perm in c["provider"]["security_group"]["IpPermissions"]:
+        for r in perm["IpRanges"]:
+            assert r["CidrIp"] != "0.0.0.0/0"
+    assert any("pip install" in s and "merge3" in s for s in c["setup_commands"])
