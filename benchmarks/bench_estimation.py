@@ -1,0 +1,193 @@
+"""How well does each estimator recover full-benchmark accuracy from n anchors per task?
+
+On a tiny world: a calibration population (base, endpoints, --n-cal random merges) is evaluated fully and
+calibrated (py-irt); --n-test further random merges from the same genome, never seen by the calibration,
+are evaluated fully too. For every estimator, anchor method and n, each test merge's accuracy is estimated
+from its answers on the anchors alone and compared with its full-benchmark accuracy. Anchor selection is
+repeated over --anchor-seeds seeds and averaged (random anchors are a draw; one draw is an anecdote).
+
+Reported per row: MAE in accuracy points (0-100) averaged over tasks and test merges, its spread over
+anchor seeds, and cost_ratio = items of a full evaluation / anchors evaluated. The calibration (a one-off
+per benchmark and endpoint set) is counted separately, as items evaluated and as the number of candidates
+after which the anchors have paid it back.
+
+    .venv/bin/python benchmarks/bench_estimation.py --world small      # writes benchmarks/results/estimation.json
+
+Evaluations are cached (ResponseStores under $MERGE3_HOME/bench_estimation/), so a rerun only re-estimates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+GENOME = {"method": "dare_ties", "parameters": {"weight": [0.0, 1.0], "density": [0.1, 1.0]}}
+
+
+def evaluate_test_merges(world, store, n_test: int, seed: int, eval_opts: dict) -> float:
+    """Held-out merges: genome vectors from their own seed stream (disjoint from the calibration's)."""
+    from merge3.calibration import _n_layers
+    from merge3.evaluation.lmeval import EvalOptions, TaskSuite
+    from merge3.genome import Genome
+
+    ids = [f"test-{j:03d}" for j in range(n_test)]
+    todo = [j for j, m in enumerate(ids) if m not in store]
+    if not todo:
+        return 0.0
+    from merge3.merging.materializer import Materializer
+
+    models = [str(p) for p in world.endpoints.values()]
+    g = Genome.from_config(GENOME, len(models), _n_layers(world.base))
+    rng = np.random.default_rng([seed, 424242])
+    xs = [rng.random(g.dim) for _ in ids]
+    suite = TaskSuite(world.task_names, include_path=world.tasks_dir, options=EvalOptions.from_dict(eval_opts),
+                      cache_dir=world.root)
+    mat = Materializer(str(world.base), models, device="cpu")
+    lm = suite.wrap_model(mat.model, mat.tokenizer)
+    t0 = time.time()
+    for j in todo:
+        mat.apply(g.decode(xs[j], base=str(world.base), models=models, seed=seed * 7 + 1000 + j))
+        store.add(ids[j], suite.evaluate(lm), {"kind": "test_merge", "x": [float(v) for v in xs[j]]})
+        print(f"  test merge {j + 1}/{n_test} evaluated", flush=True)
+    return time.time() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--world", default="small", help="micro, small or a built world's path (default small)")
+    ap.add_argument("--n-cal", type=int, default=40, help="random merges in the calibration population")
+    ap.add_argument("--n-test", type=int, default=50, help="held-out random merges")
+    ap.add_argument("--ns", default="10,20,50,100", help="anchors per task")
+    ap.add_argument("--methods", default="random,irt_cluster,correctness_cluster")
+    ap.add_argument("--anchor-seeds", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=400)
+    ap.add_argument("--dim", type=int, default=3)
+    ap.add_argument("--model-type", default="multidim_2pl")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "estimation.json"))
+    a = ap.parse_args(argv)
+
+    from merge3.calibration import Calibration, calibrate, evaluate_population
+    from merge3.evaluation.store import ResponseStore
+    from merge3.irt import ESTIMATORS, estimate, select_anchors
+    from merge3.world import resolve_world
+    from merge3.world.build import default_cache
+
+    world = resolve_world(a.world)
+    cache = default_cache() / "bench_estimation" / world.root.name
+    cache.mkdir(parents=True, exist_ok=True)
+    eval_opts = {"device": "cpu", "batch_size": a.batch_size}
+    cal_cfg = {"base": str(world.base), "endpoints": {k: str(v) for k, v in world.endpoints.items()},
+               "tasks": world.task_names, "include_path": str(world.tasks_dir), "n_random_merges": a.n_cal,
+               "genome": GENOME, "seed": a.seed, "eval": eval_opts,
+               "irt": {"model_type": a.model_type, "dim": a.dim, "epochs": a.epochs}}
+
+    print(f"world {world.root}; evaluating the calibration population ({3 + 1 + a.n_cal} models)", flush=True)
+    cal_store = ResponseStore(cache / "calibration_responses.jsonl")
+    evaluate_population(cal_cfg, cal_store, cal_cfg["base"], cal_cfg["endpoints"], cal_cfg["tasks"],
+                        cal_cfg["include_path"], a.seed, log=lambda m: print("  " + m, flush=True))
+    print(f"evaluating {a.n_test} held-out merges", flush=True)
+    test_store = ResponseStore(cache / "test_responses.jsonl")
+    evaluate_test_merges(world, test_store, a.n_test, a.seed, eval_opts)
+
+    # Evaluation seconds per model, measured on the stored runs is not kept: time one model now for the record.
+    digest = hashlib.sha256(json.dumps(cal_cfg, sort_keys=True).encode()).hexdigest()[:10]
+    cal_dir = cache / f"calibration-{digest}"
+    if not (cal_dir / "calibration.json").exists():
+        print("fitting the calibration (py-irt)", flush=True)
+        calibrate({**cal_cfg, "import_responses": [str(cal_store.path)]}, cal_dir)
+    cal = Calibration.load(cal_dir)
+    tasks = cal.tasks
+    n_full = sum(cal.n_items.values())
+    truth, fulls = {}, {}
+    for m in test_store.models()[: a.n_test]:
+        fulls[m] = test_store.get(m)
+        truth[m] = {t: float(np.mean(list(fulls[m][t].values()))) for t in tasks}
+
+    rows = []
+    methods = a.methods.split(",")
+    t_est, n_calls = 0.0, 0
+    for n in [int(v) for v in a.ns.split(",")]:
+        for method in methods:
+            per_seed = {e: [] for e in ESTIMATORS}
+            per_task = {e: {t: [] for t in tasks} for e in ESTIMATORS}
+            n_anchors = []
+            for s in range(a.anchor_seeds):
+                anchors = select_anchors(method, n, cal, seed=a.seed * 1000 + s)
+                n_anchors.append(anchors.total())
+                errs = {e: [] for e in ESTIMATORS}
+                for m, full in fulls.items():
+                    resp = {t: {i: full[t][i] for i in anchors.items[t]} for t in tasks}
+                    for e in ESTIMATORS:
+                        t0 = time.perf_counter()
+                        est = estimate(e, resp, cal, anchors)
+                        t_est += time.perf_counter() - t0
+                        n_calls += 1
+                        for t in tasks:
+                            err = 100 * abs(est[t] - truth[m][t])
+                            errs[e].append(err)
+                            per_task[e][t].append(err)
+                for e in ESTIMATORS:
+                    per_seed[e].append(float(np.mean(errs[e])))
+            for e in ESTIMATORS:
+                rows.append({"estimator": e, "anchors": method, "n": n, "anchors_total": float(np.mean(n_anchors)),
+                             "cost_ratio": round(n_full / float(np.mean(n_anchors)), 2),
+                             "mae": round(float(np.mean(per_seed[e])), 3),
+                             "mae_sd_over_anchor_seeds": round(float(np.std(per_seed[e])), 3),
+                             "mae_per_task": {t: round(float(np.mean(v)), 3) for t, v in per_task[e].items()}})
+
+    cal_items = cal.cost.get("items_total", 0)
+    calibration = {"models": cal.cost.get("n_models"), "items_evaluated": cal_items,
+                   "full_evaluation_equivalents": cal.cost.get("n_models"),
+                   "irt_fit_seconds": round(float(cal.cost.get("fit_seconds", 0.0)), 1),
+                   "irt": json.loads((cal_dir / "calibration.json").read_text())["irt"],
+                   "break_even_candidates_at_n20": round(cal_items / max(n_full - 20 * len(tasks), 1), 1)}
+    goals = {}
+    for method in methods:
+        by_n = {r["n"]: r for r in rows if r["anchors"] == method and r["estimator"] == "gmpirt"}
+        base = {r["n"]: r for r in rows if r["anchors"] == "random" and r["estimator"] == "anchor"}
+        goals[method] = {"gmpirt_beats_random_anchor_at_every_n": all(by_n[n]["mae"] < base[n]["mae"] for n in by_n),
+                         "mae_le_2_with_ge_50x": any(r["mae"] <= 2 and r["cost_ratio"] >= 50 for r in rows
+                                                     if r["anchors"] == method)}
+    report = {"rows": rows, "calibration": calibration, "goals": goals,
+              "setup": {"world": str(world.root), "world_size": world.spec.size, "tasks": tasks,
+                        "items_per_model": n_full, "n_calibration_merges": a.n_cal, "n_test_merges": len(fulls),
+                        "anchor_seeds": a.anchor_seeds, "genome": GENOME, "seed": a.seed,
+                        "estimate_ms_mean": round(1000 * t_est / max(n_calls, 1), 3)}}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
+
+    print(f"\n{len(fulls)} held-out merges, {n_full} items each; MAE in accuracy points (mean over tasks, "
+          f"merges and {a.anchor_seeds} anchor seeds)")
+    hdr = f"{'anchors':<20} {'n':>4} {'ratio':>6} " + " ".join(f"{e:>7}" for e in ESTIMATORS)
+    print(hdr)
+    print("-" * len(hdr))
+    for n in [int(v) for v in a.ns.split(",")]:
+        for method in methods:
+            rs = {r["estimator"]: r for r in rows if r["n"] == n and r["anchors"] == method}
+            print(f"{method:<20} {n:>4} {rs['anchor']['cost_ratio']:>6.1f} "
+                  + " ".join(f"{rs[e]['mae']:>7.2f}" for e in ESTIMATORS))
+    print(f"\ncalibration (one-off): {calibration['models']} models fully evaluated = {cal_items} items; "
+          f"IRT fit {calibration['irt_fit_seconds']} s; paid back after "
+          f"{calibration['break_even_candidates_at_n20']} candidates at n=20")
+    print(f"estimate(): {report['setup']['estimate_ms_mean']} ms per call; goals: {json.dumps(goals)}")
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
