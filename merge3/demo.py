@@ -22,13 +22,14 @@ DEMO_CONFIG = {
     "merge": {"method": "dare_ties", "parameters": {"weight": [0.0, 1.0], "density": [0.1, 1.0]},
               "layer_granularity": 0},
     "fitness": {"type": "irt", "estimator": "mpirt", "calibration": "auto",
-                "calibration_settings": {"n_random_merges": 10}, "anchors": {"method": "random", "n": 20}},
-    "algorithm": {"name": "nsga2", "pop_size": 8, "generations": 5},
+                "calibration_settings": {"n_random_merges": 6}, "anchors": {"method": "random", "n": 20}},
+    "algorithm": {"name": "nsga2", "pop_size": 8, "generations": 4},
     "evaluation": {"batch_size": 64},
     "workers": {"cpus_per_worker": 1, "local_cpus": 2},
 }
 QUICK = {"algorithm": {"name": "nsga2", "pop_size": 6, "generations": 2},
-         "fitness_calibration": {"n_random_merges": 6}}
+         "fitness_calibration": {"n_random_merges": 4}}
+MAX_EXPORT = 3  # front members exported and evaluated fully (spread along the front)
 
 
 def demo_config(world: str = "small", quick: bool = False) -> dict:
@@ -107,7 +108,8 @@ def run_demo(run_dir="runs/demo", world: str = "small", quick: bool = False) -> 
             import shutil
 
             shutil.rmtree(export_dir)  # an interrupted export
-        summary = export_run(search_dir, export_dir, front=True, evaluate=True, progress=True)
+        summary = export_run(search_dir, export_dir, front=True, evaluate=True, progress=True,
+                             max_candidates=MAX_EXPORT)
     scores = _endpoint_scores(cfg, search_dir)
     info = status(search_dir, plot_png=True)
     tasks = cfg["tasks"]

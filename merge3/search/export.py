@@ -33,8 +33,19 @@ def choose(info_records: list[dict], cfg: dict, meta: dict, front: bool, top: in
     return pareto_front(records, C.n_objectives(cfg))
 
 
+def thin(front: list[dict], k: int) -> list[dict]:
+    """At most ``k`` members of a front, spread evenly along its first objective (extremes kept)."""
+    if k is None or len(front) <= k:
+        return front
+    order = sorted(front, key=lambda r: r["F"][0])
+    import numpy as np
+
+    picks = sorted(set(int(round(v)) for v in np.linspace(0, len(order) - 1, k)))
+    return [order[i] for i in picks]
+
+
 def export_run(run_dir, out_dir, front: bool = False, top: int | None = None, evaluate: bool = True,
-               progress: bool = True) -> dict:
+               progress: bool = True, max_candidates: int | None = None) -> dict:
     import yaml
 
     from ..evaluation.lmeval import EvalOptions, TaskSuite, accuracy
@@ -53,7 +64,7 @@ def export_run(run_dir, out_dir, front: bool = False, top: int | None = None, ev
     for r in EvalLog(rd / LOG).read():
         recs[(r["generation"], r["index"])] = r
     records = sorted(recs.values(), key=lambda r: (r["generation"], r["index"]))
-    chosen = choose(records, cfg, meta, front, top)
+    chosen = thin(choose(records, cfg, meta, front, top), max_candidates)
     if not chosen:
         raise ValueError(f"{rd}: no successfully evaluated candidate to export yet")
     clash = [c["candidate"] for c in chosen if (out / c["candidate"]).exists()]
