@@ -102,7 +102,7 @@ def _generalized(spec, name, base, deltas, shared, per_model, seed, ranks):
             else delta.to(device=base.device, dtype=cdt)
         if spec.sparsify:
             d = _sparsified(spec, name, i, d, p, shared, seed, None if ranks is None else ranks[i])
-        weighted.append(d * p["weight"])
+        weighted.append(d * p["weight"] if d is delta else d.mul_(p["weight"]))  # never scale a resident tensor
         weights.append(p["weight"])
     if not weighted:
         return base.to(cdt)
@@ -116,9 +116,9 @@ def _generalized(spec, name, base, deltas, shared, per_model, seed, ranks):
         mixed = torch.zeros_like(weighted[0])
         divisor = torch.zeros_like(weighted[0])
         for x, w in zip(weighted, weights):
-            keep = x.sign() == majority
-            mixed += x * keep
-            divisor += w * keep
+            keep = (x * majority) > 0  # sign(x) == majority sign (zeros, pruned or not, never vote)
+            mixed += torch.where(keep, x, 0.0)
+            divisor.add_(keep, alpha=w)
         divisor[divisor == 0] = 1
     else:
         mixed = sum(weighted[1:], weighted[0].clone())

@@ -62,7 +62,9 @@ class Materializer:
 
         self.model = AutoModelForCausalLM.from_pretrained(base, dtype=self.dtype, use_safetensors=True,
                                                           trust_remote_code=False).to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=False)
+        # Weights-only folders (e.g. synthetic benchmark models) have no tokenizer: None then.
+        has_tok = any((Path(base) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+        self.tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=False) if has_tok else None
         targets = dict(self.model.named_parameters())
         targets.update(dict(self.model.named_buffers()))
         missing = [n for n in self.names if n not in targets]
@@ -123,21 +125,21 @@ class Materializer:
             self._plans[key] = plan
         return plan
 
-    def _deltas(self, recipe: MergeRecipe, name: str) -> list:
+    def _sources(self, recipe: MergeRecipe) -> list:
+        """Per input of the recipe: its task-vector dict (None for the base), resolved once per apply."""
         out = []
         for path, _ in recipe.inputs():
             key = next((m for m in self.models if _same(m, path)), None)
-            tvs = self._tv.get(key) if key is not None else None
-            out.append(None if tvs is None else tvs[name])
+            out.append(self._tv.get(key) if key is not None else None)
         return out
 
     def _della_ranks(self, recipe: MergeRecipe, name: str, deltas: list) -> list:
         ranks = []
-        for (path, _), d in zip(recipe.inputs(), deltas):
+        for i, d in enumerate(deltas):
             if d is None:
                 ranks.append(None)
                 continue
-            k = (path, name)
+            k = id(d)  # one task-vector tensor per (model, name), alive as long as the materializer
             if k not in self._ranks:
                 self._ranks[k] = della_ranks(d.to(device=self.device, dtype=torch.float32))
             ranks.append(self._ranks[k])
@@ -149,8 +151,9 @@ class Materializer:
         self._check_recipe(recipe)
         spec = recipe.spec
         plan = self._plan(recipe)
+        sources = self._sources(recipe)
         for name, shared, per_model in plan:
-            deltas = self._deltas(recipe, name)
+            deltas = [None if tvs is None else tvs[name] for tvs in sources]
             ranks = self._della_ranks(recipe, name, deltas) if spec.sparsify == "della" else None
             merge_tensor(spec, name, self._base[name], deltas, shared, per_model, seed=recipe.seed,
                          out=self._targets[name].data, ranks=ranks)

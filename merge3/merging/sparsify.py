@@ -14,8 +14,8 @@ _EPS = 1e-7
 
 def rescale_l1(tensor: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     """Scale the kept entries so the L1 norm matches the unpruned tensor (mergekit PR #245, not 1/density)."""
-    before = tensor.abs().sum()
-    after = masked.abs().sum()
+    before = torch.linalg.vector_norm(tensor, ord=1)  # one pass, no |x| temporary
+    after = torch.linalg.vector_norm(masked, ord=1)
     if before < _EPS or after < _EPS:
         return masked
     return masked * (before / after)

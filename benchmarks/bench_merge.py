@@ -1,0 +1,239 @@
+"""Per-candidate materialization time of every merge method, side by side with mergekit and a copy bound.
+
+For each model (the tiny world's small models and a synthetic Llama whose size is a flag) and each method:
+  ours      Materializer.apply(recipe): merged weights written in place into the live model (median of --repeats
+            after one warm-up call, which also fills DELLA's rank cache);
+  mergekit  mergekit 0.1.5 run_merge of the same recipe: merge and write to disk (one run);
+  copy      a plain copy of the bytes the merge reads (the resident base and the method's task vectors) into the
+            live model's parameters: the memory-bandwidth bound.
+Prints a table and writes {"rows": [...]} JSON. Runs without Ray.
+
+    .venv/bin/python benchmarks/bench_merge.py --world /tmp/w_small --hidden 768 --layers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from merge3.merging.materializer import Materializer  # noqa: E402
+from merge3.merging.recipe import MergeRecipe  # noqa: E402
+
+METHODS = ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties",
+           "della", "della_linear", "slerp", "model_stock"]
+
+
+def recipe_for(method: str, base: str, models: list[str], dtype: str) -> MergeRecipe:
+    per = [{"weight": w, "density": d} for w, d in zip([0.5, 0.3, 0.2], [0.5, 0.7, 0.3])]
+    if method == "linear":
+        return MergeRecipe(method, base, models, model_parameters=[{"weight": p["weight"]} for p in per], dtype=dtype)
+    if method == "task_arithmetic":
+        return MergeRecipe(method, base, models, model_parameters=[{"weight": p["weight"]} for p in per], dtype=dtype)
+    if method == "slerp":
+        return MergeRecipe(method, base, models[:1], parameters={"t": [0.2, 0.8]}, dtype=dtype)
+    if method == "model_stock":
+        return MergeRecipe(method, base, models, dtype=dtype)
+    if method in ("della", "della_linear"):
+        per = [dict(p, epsilon=0.1) for p in per]
+    return MergeRecipe(method, base, models, model_parameters=per, dtype=dtype, seed=0)
+
+
+def synthetic_llama(out: Path, hidden: int, layers: int, intermediate: int, vocab: int, n_endpoints: int = 3,
+                    dtype=torch.bfloat16) -> tuple[Path, list[Path], int]:
+    """A random Llama base and endpoints = base + small noise, saved as safetensors (cached by size)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base_dir = out / "base"
+    eps = [out / f"ep{i}" for i in range(n_endpoints)]
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                      num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 256),
+                      vocab_size=vocab, max_position_embeddings=512, tie_word_embeddings=False)
+    if not all((p / "config.json").is_file() for p in [base_dir] + eps):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg).to(dtype)
+        model.save_pretrained(base_dir, safe_serialization=True)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        for i, ep in enumerate(eps):
+            g = torch.Generator().manual_seed(100 + i)
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    noise = torch.randn(p.shape, generator=g, dtype=torch.float32) * 0.002
+                    p.copy_((state[name].float() + noise).to(dtype))
+            model.save_pretrained(ep, safe_serialization=True)
+        del model, state
+    return base_dir, eps, count_params(base_dir)
+
+
+def count_params(path: Path) -> int:
+    from merge3.merging.checkpoint import Checkpoint
+
+    total = 0
+    for shape, _ in Checkpoint(path).meta.values():
+        n = 1
+        for s in shape:
+            n *= s
+        total += n
+    return total
+
+
+def copy_bound(mat: Materializer, recipe: MergeRecipe, repeats: int) -> float:
+    """Seconds to copy the bytes this recipe's merge reads (base + its task vectors) into the live parameters."""
+    inputs = [p for p, _ in recipe.inputs()]
+    srcs = [mat._base] + [mat._tv[next(m for m in mat.models if Path(m).resolve() == Path(p).resolve())]
+                          for p in inputs if Path(p).resolve() != Path(mat.base_path).resolve()]
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            for name, dst in mat._targets.items():
+                for src in srcs:
+                    dst.data.copy_(src[name])
+            times.append(time.perf_counter() - t0)
+    mat.restore_base()
+    return statistics.median(times[1:])
+
+
+def time_ours(mat: Materializer, recipe: MergeRecipe, repeats: int) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    mat.apply(recipe)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        mat.apply(recipe)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), first
+
+
+def time_mergekit(recipe: MergeRecipe) -> float | None:
+    try:
+        import yaml
+        from mergekit.config import MergeConfiguration
+        from mergekit.merge import run_merge
+        from mergekit.options import MergeOptions
+    except ImportError:
+        return None
+    cfg = MergeConfiguration.model_validate(yaml.safe_load(recipe.to_mergekit_yaml()))
+    has_tok = (Path(recipe.base_model) / "tokenizer_config.json").is_file()  # synthetic models have none
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        run_merge(cfg, str(Path(tmp) / "out"), MergeOptions(device="cpu", quiet=True, copy_tokenizer=has_tok,
+                                                            random_seed=recipe.seed, lazy_unpickle=False))
+        return time.perf_counter() - t0
+
+
+def bench_model(label: str, base: Path, eps: list[Path], n_params: int, methods: list[str], repeats: int,
+                device: str, with_mergekit: bool) -> list[dict]:
+    base = str(base.resolve())
+    eps = [str(p.resolve()) for p in eps]
+    t0 = time.perf_counter()
+    mat = Materializer(base, eps, device=device)
+    load = time.perf_counter() - t0
+    dtype = str(mat.dtype).replace("torch.", "")
+    print(f"[{label}] {n_params / 1e6:.1f}M params, {dtype}, loaded in {load:.1f}s, "
+          f"resident {sum(mat.memory_bytes().values()) / 2**30:.2f} GiB", flush=True)
+    rows = []
+    for method in methods:
+        recipe = recipe_for(method, base, eps, dtype)
+        ours, first = time_ours_any(mat, recipe, repeats)
+        bound = copy_bound(mat, recipe, repeats)
+        mk = time_mergekit(recipe) if with_mergekit else None
+        row = {"method": method, "model": label, "params": n_params, "dtype": dtype, "device": str(mat.device),
+               "seconds_per_candidate": round(ours, 5), "first_call_seconds": round(first, 5),
+               "mergekit_seconds": None if mk is None else round(mk, 4), "copy_bound_seconds": round(bound, 5),
+               "speedup_vs_mergekit": None if mk is None else round(mk / ours, 2),
+               "ratio_to_copy_bound": round(ours / bound, 2)}
+        rows.append(row)
+        print(f"  {method:17s} ours {ours:8.4f}s  mergekit {row['mergekit_seconds']}s  copy {bound:.4f}s  "
+              f"speedup {row['speedup_vs_mergekit']}x  /copy {row['ratio_to_copy_bound']}x", flush=True)
+    del mat
+    return rows
+
+
+def time_ours_any(mat: Materializer, recipe: MergeRecipe, repeats: int):
+    """slerp takes one endpoint: a materializer over all endpoints applies it through a sub-recipe."""
+    if recipe.method == "slerp":
+        return _time_slerp(mat, recipe, repeats)
+    return time_ours(mat, recipe, repeats)
+
+
+def _time_slerp(mat, recipe, repeats):
+    # The materializer checks that a recipe lists its models; slerp's single endpoint is its first model.
+    orig = mat.models
+    mat.models = orig[:1]
+    try:
+        return time_ours(mat, recipe, repeats)
+    finally:
+        mat.models = orig
+
+
+def table(rows: list[dict]) -> str:
+    head = (f"| {'model':12s} | {'method':17s} | {'ours s/cand':>11s} | {'mergekit s':>10s} | {'copy s':>8s} | "
+            f"{'speedup':>8s} | {'/copy':>6s} |")
+    lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
+    for r in rows:
+        mk = "n/a" if r["mergekit_seconds"] is None else f"{r['mergekit_seconds']:.3f}"
+        sp = "n/a" if r["speedup_vs_mergekit"] is None else f"{r['speedup_vs_mergekit']:.1f}x"
+        lines.append(f"| {r['model']:12s} | {r['method']:17s} | {r['seconds_per_candidate']:11.4f} | {mk:>10s} | "
+                     f"{r['copy_bound_seconds']:8.4f} | {sp:>8s} | {r['ratio_to_copy_bound']:5.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--world", default="small", help="world size (micro/small) or path of a built world; '' to skip")
+    ap.add_argument("--hidden", type=int, default=768, help="synthetic Llama hidden size (0: skip the synthetic model)")
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--intermediate", type=int, default=2048)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--synthetic-dir", default=None, help="cache for the synthetic models (default $MERGE3_HOME/bench)")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--no-mergekit", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "merge.json"))
+    a = ap.parse_args(argv)
+    methods = [m for m in a.methods.split(",") if m]
+    rows = []
+    if a.world:
+        from merge3.world import resolve_world
+
+        world = resolve_world(a.world)
+        eps = list(world.endpoints.values())
+        n = count_params(world.base)
+        rows += bench_model(f"world-{world.spec.size}", world.base, eps, n, methods, a.repeats, a.device,
+                            not a.no_mergekit)
+    if a.hidden:
+        home = Path(os.environ.get("MERGE3_HOME", Path.home() / ".cache" / "merge3"))
+        d = Path(a.synthetic_dir) if a.synthetic_dir else home / "bench"
+        d = d / f"llama-h{a.hidden}-l{a.layers}-i{a.intermediate}-v{a.vocab}"
+        base, eps, n = synthetic_llama(d, a.hidden, a.layers, a.intermediate, a.vocab)
+        rows += bench_model(f"llama-{n / 1e6:.0f}M", base, eps, n, methods, a.repeats, a.device, not a.no_mergekit)
+    print()
+    print(table(rows))
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "command": " ".join(["benchmarks/bench_merge.py"] + (argv if argv is not None else sys.argv[1:]))}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"rows": rows, "meta": meta}, indent=2) + "\n")
+    print(f"\nwrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
