@@ -119,6 +119,16 @@ class CandidateEvaluator:
                "items_evaluated": 0, "status": "ok", "error": None, "objectives": None, "raw": None}
         if int(task.get("crash_attempts", 0)) > int(task.get("attempt", 0)):
             os._exit(13)  # simulates a worker killed mid-evaluation (tests only)
+        if task.get("kind") == "model":  # a model from disk, every item (the calibration population)
+            try:
+                lm = self.suite.wrap_model(task["path"])
+                responses = self.suite.evaluate(lm, items=None)
+                del lm
+                out.update(responses=responses, items_evaluated=sum(len(r) for r in responses.values()))
+            except Exception as exc:
+                out.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            out["seconds"] = time.time() - t0
+            return out
         try:
             recipe = self.genome.decode(list(task["x"]), base=s.base, models=s.models, seed=int(task["seed"]))
             if hasattr(recipe, "validate"):
@@ -128,12 +138,15 @@ class CandidateEvaluator:
             return out
         try:
             self.mat.apply(recipe)
-            items = None if s.type == "full" else s.anchors
+            items = None if (s.type == "full" or task.get("full")) else s.anchors
             responses = self.suite.evaluate(self.lm, items=items)
             out["items_evaluated"] = sum(len(r) for r in responses.values())
             out["raw"] = {t: (sum(r.values()) / len(r) if r else None) for t, r in responses.items()}
-            if s.type != "full":
+            if s.type != "full" or task.get("full"):
                 out["responses"] = responses
+            if task.get("full"):  # calibration population: responses only, no estimate
+                out["seconds"] = time.time() - t0
+                return out
             est = self.estimate(responses)
             bad = [t for t in s.tasks if t not in est or not math.isfinite(float(est[t]))]
             if bad:

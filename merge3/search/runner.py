@@ -332,13 +332,16 @@ class Search:
         anchor_obj = None
         if anchors is not None and cal_dir:
             anchor_obj = self._anchor_object(anchors, cal_dir)
-        w = cfg["workers"]
+        return self._spec(cal_dir, anchors, anchor_obj)
+
+    def _spec(self, cal_dir, anchors, anchor_obj, fitness_type=None) -> FitnessSpec:
+        cfg, fit, w = self.cfg, self.cfg["fitness"], self.cfg["workers"]
         return FitnessSpec(base=cfg["base"], models=cfg["models"], genome=C.genome_config(cfg),
                            n_layers=C.n_layers_of(cfg["base"]), tasks=cfg["tasks"], include_path=cfg["include_path"],
-                           evaluation=cfg["evaluation"], type=fit["type"], estimator=fit["estimator"],
+                           evaluation=cfg["evaluation"], type=fitness_type or fit["type"], estimator=fit["estimator"],
                            calibration=cal_dir, anchors=anchors, penalty=cfg["penalty"], device=w["device"],
                            dtype=w["dtype"], offload_task_vectors=w["offload_task_vectors"],
-                           cache_dir=str(rd.resolve()), anchor_obj=anchor_obj)
+                           cache_dir=str(self.run_dir.resolve()), anchor_obj=anchor_obj)
 
     @staticmethod
     def _calibration_complete(path: Path) -> bool:
@@ -370,7 +373,69 @@ class Search:
             import shutil
 
             shutil.rmtree(out)
+        if self._evaluate is None:
+            try:
+                self._prefill_calibration(cal_cfg, out)
+            except Exception as exc:  # the calibration evaluates whatever is missing itself
+                _say(f"parallel calibration evaluations stopped ({type(exc).__name__}: {exc}); "
+                     "the calibration evaluates the rest")
         calibrate(cal_cfg, out, log=_say if self.show else None)
+
+    def _prefill_calibration(self, cal_cfg: dict, out: Path) -> None:
+        """Evaluates the calibration population (base, endpoints, random merges: every item) on the Ray workers,
+        in parallel, into the calibration's resumable response store; ``calibrate`` then evaluates only what
+        is missing. Names, genomes and merge seeds follow ``merge3.calibration.evaluate_population``."""
+        from ..calibration import random_merge_genomes
+        from ..evaluation.store import ResponseStore
+
+        cfg = self.cfg
+        store = ResponseStore(out.parent / f".{out.name}.partial" / "responses.jsonl")
+        names = {}
+        for p in cfg["models"]:  # calibration names list endpoints by folder name
+            name = Path(p).name or str(p)
+            while name in names or name == "base":
+                name += "_"
+            names[name] = p
+        population = [("base", cfg["base"])] + list(names.items())
+        tasks = [{"generation": -1, "index": k, "kind": "model", "path": p, "name": n, "seed": 0}
+                 for k, (n, p) in enumerate(population) if n not in store]
+        seed = int(cal_cfg["seed"])
+        n = int(cal_cfg["n_random_merges"])
+        if n:
+            _, xs = random_merge_genomes(cal_cfg["genome"], len(cfg["models"]), C.n_layers_of(cfg["base"]), n, seed)
+            for j in range(n):
+                if f"merge-{j:03d}" not in store:
+                    tasks.append({"generation": -1, "index": len(population) + j, "full": True,
+                                  "x": [float(v) for v in xs[j]], "seed": seed * 100003 + j,
+                                  "name": f"merge-{j:03d}", "merge_index": j})
+        if not tasks:
+            return
+        spec = self._spec(cal_dir=None, anchors=None, anchor_obj=None, fitness_type="full")
+        pool, started = self._pool(spec)
+        bar = None
+        try:
+            from ..progress import progress as _progress
+
+            bar = _progress(len(tasks), "calibration (full evaluations)", self.show, unit="models")
+            by_index = {t["index"]: t for t in tasks}
+            for res in pool.run(tasks):
+                t = by_index[res["index"]]
+                if res.get("status") != "ok" or not res.get("responses"):
+                    raise RuntimeError(f"calibration model {t['name']}: {res.get('error')}")
+                if "merge_index" in t:
+                    meta = {"kind": "random_merge", "x": t["x"], "index": t["merge_index"]}
+                else:
+                    meta = {"kind": "base" if t["name"] == "base" else "endpoint", "path": str(t["path"])}
+                store.add(t["name"], res["responses"], meta)
+                bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+            pool.close()
+            if started:
+                import ray
+
+                ray.shutdown()
 
     def _calibration_items(self, cal_dir, n_items: dict) -> int:
         if not cal_dir or self.cfg["fitness"]["calibration"] != "auto":
@@ -500,7 +565,9 @@ class Search:
         else:
             algorithm, gen, done = make_algorithm(cfg, dim), 0, False
             algorithm.setup(problem, termination=NoTermination(), seed=cfg["seed"])
-        if logged and self.show:
+        if self.show and (done or gen >= G):
+            _say(f"the search in {self.run_dir} has already finished ({len(logged)} evaluations)")
+        elif logged and self.show:
             _say(f"resuming at generation {gen + 1}/{G} with {len(logged)} logged evaluation(s)")
         pool, started_ray = (None, False)
         new_evals = 0
