@@ -17,6 +17,7 @@ with features alpha_i^T Theta_endpoints).
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 
 from .params import ItemParams
 
@@ -41,7 +42,7 @@ def fit_logistic_map(X: np.ndarray, y: np.ndarray, offset: np.ndarray | float = 
 
     f = objective(w)
     for _ in range(max_iter):
-        p = 1.0 / (1.0 + np.exp(-(X @ w - off)))
+        p = expit(X @ w - off)
         grad = X.T @ (y - p) - prec * (w - m)
         H = (X * (p * (1 - p))[:, None]).T @ X + prec * np.eye(k)
         step = np.linalg.solve(H, grad)
@@ -116,7 +117,12 @@ def fit_irt(data, model_type: str = "multidim_2pl", dim: int = 3, epochs: int = 
     trainer = IrtModelTrainer(config=IrtConfig(**kw), data_path=None, dataset=dataset, verbose=False)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        trainer.train(device=device)
+        try:
+            trainer.train(device=device)
+        except ValueError as exc:
+            if "invalid values" in str(exc) or "nan" in str(exc).lower():
+                raise ValueError(f"py-irt diverged (NaN parameters) with lr {lr}; lower irt.lr (0.1 is stable here)") from None
+            raise
     p = trainer.last_params
     item_of = _index_map(p["item_ids"])
     subj_of = _index_map(p["subject_ids"])

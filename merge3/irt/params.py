@@ -21,6 +21,12 @@ from pathlib import Path
 import numpy as np
 
 
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    from scipy.special import expit  # no overflow warnings for large |z|
+
+    return expit(z)
+
+
 @dataclass
 class ItemParams:
     tasks: list[str]            # task of each item (row)
@@ -74,7 +80,7 @@ class ItemParams:
         """P(correct) of the given rows (all when None) for one ability vector."""
         a = self.alpha if rows is None else self.alpha[rows]
         b = self.beta if rows is None else self.beta[rows]
-        return 1.0 / (1.0 + np.exp(-(a @ np.asarray(theta, dtype=np.float64) - b)))
+        return _sigmoid(a @ np.asarray(theta, dtype=np.float64) - b)
 
     # -- files --------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
