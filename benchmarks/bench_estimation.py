@@ -78,6 +78,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model-type", default="multidim_2pl")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--cached-only", action="store_true",
+                    help="evaluate nothing: use the merges already in the cache (fewer if a run was cut short)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "estimation.json"))
     a = ap.parse_args(argv)
 
@@ -96,20 +98,30 @@ def main(argv=None) -> int:
                "genome": GENOME, "seed": a.seed, "eval": eval_opts,
                "irt": {"model_type": a.model_type, "dim": a.dim, "epochs": a.epochs}}
 
-    print(f"world {world.root}; evaluating the calibration population ({3 + 1 + a.n_cal} models)", flush=True)
     cal_store = ResponseStore(cache / "calibration_responses.jsonl")
-    evaluate_population(cal_cfg, cal_store, cal_cfg["base"], cal_cfg["endpoints"], cal_cfg["tasks"],
-                        cal_cfg["include_path"], a.seed, log=lambda m: print("  " + m, flush=True))
-    print(f"evaluating {a.n_test} held-out merges", flush=True)
     test_store = ResponseStore(cache / "test_responses.jsonl")
-    evaluate_test_merges(world, test_store, a.n_test, a.seed, eval_opts)
+    if a.cached_only:
+        a.n_cal = min(a.n_cal, sum(m.startswith("merge-") for m in cal_store.models()))
+        a.n_test = min(a.n_test, len(test_store.models()))
+        cal_cfg["n_random_merges"] = a.n_cal
+        print(f"cached evaluations only: {a.n_cal} calibration merges, {a.n_test} test merges", flush=True)
+    else:
+        print(f"world {world.root}; evaluating the calibration population ({3 + 1 + a.n_cal} models)", flush=True)
+        evaluate_population(cal_cfg, cal_store, cal_cfg["base"], cal_cfg["endpoints"], cal_cfg["tasks"],
+                            cal_cfg["include_path"], a.seed, log=lambda m: print("  " + m, flush=True))
+        print(f"evaluating {a.n_test} held-out merges", flush=True)
+        evaluate_test_merges(world, test_store, a.n_test, a.seed, eval_opts)
 
-    # Evaluation seconds per model, measured on the stored runs is not kept: time one model now for the record.
     digest = hashlib.sha256(json.dumps(cal_cfg, sort_keys=True).encode()).hexdigest()[:10]
     cal_dir = cache / f"calibration-{digest}"
     if not (cal_dir / "calibration.json").exists():
         print("fitting the calibration (py-irt)", flush=True)
-        calibrate({**cal_cfg, "import_responses": [str(cal_store.path)]}, cal_dir)
+        keep = ["base", *world.endpoints, *[f"merge-{j:03d}" for j in range(a.n_cal)]]
+        sub = ResponseStore(cache / f"calibration_responses-{digest}.jsonl")
+        for m in keep:
+            if m not in sub:
+                sub.add(m, cal_store.get(m), cal_store.meta(m))
+        calibrate({**cal_cfg, "import_responses": [str(sub.path)]}, cal_dir)
     cal = Calibration.load(cal_dir)
     tasks = cal.tasks
     n_full = sum(cal.n_items.values())
