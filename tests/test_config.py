@@ -136,3 +136,16 @@ def test_load_config_resolves_world_names(micro_world):
     d = copy.deepcopy(cfg)
     d["workers"]["num_workers"] = 7
     assert C.config_digest(d) == C.config_digest(cfg)
+
+
+@pytest.mark.parametrize("merge, words", [
+    ({"method": "dare_ties", "parameters": {"weight": [0, 1], "density": [0.1, 1.5]}}, ["merge", "density"]),
+    ({"method": "slerp", "parameters": {"t": [0, 1]}}, ["merge", "slerp"]),
+    ({"method": "frobnicate", "parameters": {"weight": [0, 1]}}, ["merge", "frobnicate"]),
+])
+def test_genome_errors_name_the_merge_key(merge, words, micro_world, tmp_path):
+    cfg = micro_cfg(micro_world)
+    cfg["merge"] = merge
+    with pytest.raises(ValueError) as e:
+        C.load_config(cfg, name="x")
+    assert str(e.value).startswith("config key 'merge'") and all(w in str(e.value) for w in words)
