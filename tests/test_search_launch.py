@@ -3,6 +3,7 @@ clear error."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,13 @@ def test_cluster_file_is_not_open_to_the_world():
         for r in perm["IpRanges"]:
             assert r["CidrIp"] != "0.0.0.0/0"
     assert any("pip install" in s and "merge3" in s for s in c["setup_commands"])
+
+
+def test_cluster_file_matches_ray_schema():
+    import os
+
+    import jsonschema
+    import ray.autoscaler
+
+    schema = json.loads(Path(os.path.dirname(ray.autoscaler.__file__), "ray-schema.json").read_text())
+    jsonschema.validate(yaml.safe_load((ROOT / "ray_cluster.yaml").read_text()), schema)
