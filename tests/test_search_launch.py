@@ -48,3 +48,34 @@ def test_cluster_file_matches_ray_schema():
 
     schema = json.loads(Path(os.path.dirname(ray.autoscaler.__file__), "ray-schema.json").read_text())
     jsonschema.validate(yaml.safe_load((ROOT / "ray_cluster.yaml").read_text()), schema)
+
+
+@pytest.mark.slow
+def test_launch_submits_a_job_that_runs_the_search(micro_world, tmp_path):
+    """A local Ray cluster with its job server stands in for `ray up`: the job joins it and runs the search."""
+    import os
+    import sys
+    import time
+
+    import ray
+    from ray.job_submission import JobSubmissionClient
+
+    cfg = yaml.safe_load((ROOT / "experiments" / "micro.yaml").read_text())
+    cfg.update(world=str(micro_world.root), fitness={"type": "anchor", "anchors": {"n": 5}},
+               algorithm={"name": "nsga2", "pop_size": 2, "generations": 1}, workers={"num_workers": 1})
+    p = tmp_path / "job.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=8297)
+    try:
+        run_dir = tmp_path / "run"
+        job = launch(p, address="http://127.0.0.1:8297", run_dir=str(run_dir))
+        assert job.startswith("raysubmit_")
+        client = JobSubmissionClient("http://127.0.0.1:8297")
+        t0 = time.time()
+        while not client.get_job_status(job).is_terminal() and time.time() - t0 < 600:
+            time.sleep(2)
+        assert str(client.get_job_status(job)).endswith("SUCCEEDED"), client.get_job_logs(job)[-3000:]
+        assert json.loads((run_dir / "result.json").read_text())["evaluations"] == 2
+    finally:
+        ray.shutdown()

@@ -31,7 +31,7 @@ def launch(config_path, address: str, run_dir=None, wait: bool = False) -> str:
     run_dir = run_dir or f"runs/{cfg['name']}"
     with tempfile.TemporaryDirectory(prefix="merge3-launch-") as tmp:
         shutil.copy(p, Path(tmp) / "search.yaml")
-        entry = f"merge3 search search.yaml --run-dir {shlex.quote(str(run_dir))} --address auto"
+        entry = f"python -m merge3.cli search search.yaml --run-dir {shlex.quote(str(run_dir))} --address auto"
         job_id = client.submit_job(entrypoint=entry, runtime_env={
             "working_dir": tmp, "env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
             metadata={"merge3_config": p.name, "merge3_run_dir": str(run_dir)})
