@@ -26,10 +26,10 @@ def micro_store(micro_world, tmp_path_factory):
 
 
 def test_py_irt_fit_on_real_responses(micro_store):
-    params, thetas = fit_irt(micro_store, model_type="multidim_2pl", dim=2, epochs=300, seed=0)
+    params, thetas = fit_irt(micro_store, model_type="multidim_2pl", dim=2, epochs=150, seed=0)
     assert len(params) == 4 * 40 and params.dim == 2 and set(thetas) == set(micro_store.models())
     assert np.all(params.alpha > 0) and np.all(np.isfinite(params.beta))
-    again, _ = fit_irt(micro_store, model_type="multidim_2pl", dim=2, epochs=300, seed=0)
+    again, _ = fit_irt(micro_store, model_type="multidim_2pl", dim=2, epochs=150, seed=0)
     assert np.allclose(again.alpha, params.alpha) and np.allclose(again.beta, params.beta)  # seeded
     p1, _ = fit_irt(micro_store, model_type="2pl", epochs=30, seed=0)
     assert p1.dim == 1
