@@ -591,7 +591,8 @@ class Search:
                         task["crash_attempts"] = int(self.fault[(gen, i)])
                     tasks.append(task)
                 bar = _progress(len(X), f"generation {gen + 1}/{G}", self.show, unit="candidates")
-                bar.update(len(X) - len(tasks))
+                if len(X) > len(tasks):
+                    bar.update(len(X) - len(tasks))
                 if tasks:
                     if pool is None:
                         pool, started_ray = self._pool(spec)
