@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=400)
     ap.add_argument("--dim", type=int, default=3)
     ap.add_argument("--model-type", default="multidim_2pl")
+    ap.add_argument("--refine-iters", type=int, default=0, help="MAP polishing steps after py-irt (0: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--cached-only", action="store_true",
@@ -96,7 +97,8 @@ def main(argv=None) -> int:
     cal_cfg = {"base": str(world.base), "endpoints": {k: str(v) for k, v in world.endpoints.items()},
                "tasks": world.task_names, "include_path": str(world.tasks_dir), "n_random_merges": a.n_cal,
                "genome": GENOME, "seed": a.seed, "eval": eval_opts,
-               "irt": {"model_type": a.model_type, "dim": a.dim, "epochs": a.epochs}}
+               "irt": {"model_type": a.model_type, "dim": a.dim, "epochs": a.epochs,
+                                                         "refine_iters": a.refine_iters}}
 
     cal_store = ResponseStore(cache / "calibration_responses.jsonl")
     test_store = ResponseStore(cache / "test_responses.jsonl")

@@ -45,7 +45,7 @@ CONFIG_KEYS = {
     "include_path": "directory of lm-eval task YAML files (overrides the world's)",
     "n_random_merges": "random merges from the genome added to the population (default 20)",
     "genome": "the search genome, e.g. {method: dare_ties, parameters: {weight: [0, 1], density: [0.1, 1]}}",
-    "irt": "{model_type: multidim_2pl|2pl, dim: 3, epochs: 400, lr: 0.1, validation_fraction: 0.2}",
+    "irt": "{model_type: multidim_2pl|2pl, dim: 3, epochs: 400, lr: 0.1, validation_fraction: 0.2, refine_iters: 0}",
     "estimators": "{gmp_weight: auto|0..1, gp_weight: auto|0..1, mp_include_base: true}",
     "anchors": "default anchors stored with the calibration: {method: random, n: 20, seed: 0}",
     "seed": "seed for random merges, IRT fit, split and anchors (default 0)",
@@ -55,7 +55,8 @@ CONFIG_KEYS = {
     "out": "calibration directory when --out is not given (relative to the config file)",
 }
 
-DEFAULT_IRT = {"model_type": "multidim_2pl", "dim": 3, "epochs": 400, "lr": 0.1, "validation_fraction": 0.2}
+DEFAULT_IRT = {"model_type": "multidim_2pl", "dim": 3, "epochs": 400, "lr": 0.1, "validation_fraction": 0.2,
+               "refine_iters": 0}
 DEFAULT_EST = {"gmp_weight": "auto", "gp_weight": "auto", "mp_include_base": True}
 DEFAULT_ANCHORS = {"method": "random", "n": 20, "seed": None}
 
@@ -400,6 +401,11 @@ def calibrate(config: dict, out_dir: str | Path, log=None) -> Path:
         params, fitted = fit_irt(store, model_type=irt["model_type"], dim=int(irt["dim"]), epochs=int(irt["epochs"]),
                             lr=float(irt["lr"]), seed=seed, models=train, tasks=tasks,
                             **({"priors": irt["priors"]} if "priors" in irt else {}))
+        if int(irt.get("refine_iters") or 0) > 0:
+            from .irt.fit import _as_matrix, refine_map
+
+            _, _, Y = _as_matrix(store, train, tasks)
+            params, fitted = refine_map(params, fitted, Y, train, iters=int(irt["refine_iters"]))
         th = np.array(list(fitted.values()))
         prior = (th.mean(axis=0), float(max(1.0, th.std())))  # py-irt's own scale for the abilities
     fit_seconds = time.time() - t0

@@ -132,3 +132,22 @@ def test_item_params_roundtrip_and_errors(sim, tmp_path):
         ItemParams.load(tmp_path / "broken.json")
     with pytest.raises(FileNotFoundError):
         ItemParams.load(tmp_path / "absent.npz")
+
+
+def test_refine_map_undoes_shrunk_discriminations(sim):
+    from merge3.irt.fit import _as_matrix, refine_map
+
+    params, store, thetas, _ = sim
+    models, keys, Y = _as_matrix(store, None, params.task_names())
+    assert [k for k in keys] == list(zip(params.tasks, params.item_ids))
+    shrunk = ItemParams(params.tasks, params.item_ids, params.alpha * 0.3, params.beta * 0.3)
+
+    def loglik(p, th):
+        P = np.clip(np.array([p.prob(th[m]) for m in models]), 1e-9, 1 - 1e-9)
+        return float(np.mean(Y * np.log(P) + (1 - Y) * np.log(1 - P)))
+
+    start = {m: thetas[m] for m in models}
+    refined, th = refine_map(shrunk, start, Y, models, iters=30)
+    assert loglik(refined, th) > loglik(shrunk, start) + 0.02
+    again, _ = refine_map(shrunk, start, Y, models, iters=30)
+    assert np.array_equal(again.alpha, refined.alpha)
