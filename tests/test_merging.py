@@ -138,3 +138,24 @@ def test_slerp_lerp_fallback_and_endpoints():
     torch.testing.assert_close(merge_tensor(spec, "t", base, [d], {"t": 1.0}, []), base + d, rtol=1e-5, atol=1e-5)
     colinear = base * 0.01  # other = 1.01 * base: lerp
     torch.testing.assert_close(merge_tensor(spec, "t", base, [colinear], {"t": 0.3}, []), base * 1.003)
+
+
+@pytest.mark.parametrize("density", [0.1, 0.37, 0.5, 0.9])
+@pytest.mark.parametrize("gamma", [0.0, 0.05])
+def test_sparsifiers_keep_exact_counts_under_heavy_ties(density, gamma):
+    """bf16-like task vectors tie a lot: the kept count must still be exact, the kept set the largest."""
+    x = (torch.randint(-6, 7, (50, 40), generator=torch.Generator().manual_seed(9)) * 0.25).float()
+    n = x.numel()
+    y = S.magnitude(x, density)
+    k = max(1, int(density * n))
+    assert int((y != 0).sum()) == min(k, int((x != 0).sum())) or int((y != 0).sum()) <= k
+    assert int((S._ranks_between(x.abs().reshape(-1), n - k, n)).sum()) == k
+    kept = x.abs().reshape(-1)[S._ranks_between(x.abs().reshape(-1), n - k, n)]
+    dropped = x.abs().reshape(-1)[~S._ranks_between(x.abs().reshape(-1), n - k, n)]
+    assert kept.min() >= dropped.max()
+    target, n_top = int(density * n), int(gamma * n)
+    n_bot = max(0, n - target - n_top)
+    m = S._ranks_between(x.abs().reshape(-1), n_bot, n_bot + target)
+    srt = torch.sort(x.abs().reshape(-1)).values
+    assert int(m.sum()) == target
+    torch.testing.assert_close(torch.sort(x.abs().reshape(-1)[m]).values, srt[n_bot:n_bot + target])

@@ -26,6 +26,28 @@ def _finish(tensor, mask, rescale):
     return rescale_l1(tensor, masked) if rescale else masked
 
 
+def _ranks_between(a: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+    """Mask of the entries with ascending ranks [r0, r1) of a flat tensor, in O(n): two kthvalue thresholds,
+    entries tied at a threshold taken in index order (low-precision task vectors, e.g. bf16, tie a lot; a sort
+    would break such ties arbitrarily too)."""
+    n = a.numel()
+    mask = torch.zeros(n, dtype=torch.bool, device=a.device)
+    if r1 <= r0:
+        return mask
+    lo = torch.kthvalue(a, r0 + 1).values
+    hi = torch.kthvalue(a, r1).values
+    mask = (a > lo) & (a < hi)
+    n_below_lo = int((a < lo).sum())
+    eq_lo = (a == lo).nonzero().flatten()
+    if bool(lo == hi):
+        mask[eq_lo[r0 - n_below_lo:r1 - n_below_lo]] = True
+        return mask
+    mask[eq_lo[r0 - n_below_lo:]] = True
+    n_below_hi = int((a < hi).sum())
+    mask[(a == hi).nonzero().flatten()[:r1 - n_below_hi]] = True
+    return mask
+
+
 def magnitude(tensor: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
     """Keep the k = max(1, int(density * numel)) largest |entries| (TIES)."""
     if density >= 1:
@@ -38,8 +60,7 @@ def magnitude(tensor: torch.Tensor, density: float, rescale: bool = False) -> to
     thr = torch.kthvalue(a, n - k + 1).values
     mask = a >= thr
     if int(mask.sum()) != k:  # ties at the threshold: choose exactly k, as a sort would
-        mask = torch.zeros_like(mask)
-        mask[torch.argsort(a, descending=True)[:k]] = True
+        mask = _ranks_between(a, n - k, n)
     return _finish(tensor, mask.reshape(tensor.shape).to(tensor.dtype), rescale)
 
 
@@ -55,12 +76,7 @@ def magnitude_outliers(tensor: torch.Tensor, density: float, gamma: float = 0.01
     if target <= 0 or n == 0:
         return _finish(tensor, torch.zeros_like(tensor), rescale)
     a = tensor.abs().reshape(-1)
-    lo = torch.kthvalue(a, n_bot + 1).values
-    hi = torch.kthvalue(a, n_bot + target).values
-    mask = (a >= lo) & (a <= hi)
-    if int(mask.sum()) != target:  # ties at a boundary: take exactly the ranks [n_bot, n_bot + target)
-        mask = torch.zeros_like(mask)
-        mask[torch.sort(a).indices[n_bot:n_bot + target]] = True
+    mask = _ranks_between(a, n_bot, n_bot + target)  # ascending ranks [n_bot, n_bot + target)
     return _finish(tensor, mask.reshape(tensor.shape).to(tensor.dtype), rescale)
 
 
