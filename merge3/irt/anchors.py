@@ -67,6 +67,7 @@ def select_anchors(method: str, n: int, calibration, seed: int = 0, tasks: list[
         raise ValueError(f"unknown anchor method {method!r}: expected one of {', '.join(METHODS)}")
     if int(n) < 1:
         raise ValueError(f"anchors per task must be at least 1, got {n}")
+    seed = 0 if seed is None else int(seed)
     params = calibration.item_params
     tasks = tasks or calibration.tasks
     items, weights = {}, {}
