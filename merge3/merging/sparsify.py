@@ -10,6 +10,15 @@ from __future__ import annotations
 import torch
 
 _EPS = 1e-7
+# Up to this many entries, ties are broken by a sort, as mergekit does (bit-identical on CPU); above it, by
+# index order in O(n) (both choices are arbitrary; the sort would dominate the candidate's cost).
+_SORT_LIMIT = 1 << 20
+
+
+def _sorted_mask(a: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+    mask = torch.zeros(a.numel(), dtype=torch.bool, device=a.device)
+    mask[torch.sort(a).indices[r0:r1]] = True
+    return mask
 
 
 def rescale_l1(tensor: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
@@ -60,7 +69,11 @@ def magnitude(tensor: torch.Tensor, density: float, rescale: bool = False) -> to
     thr = torch.kthvalue(a, n - k + 1).values
     mask = a >= thr
     if int(mask.sum()) != k:  # ties at the threshold: choose exactly k, as a sort would
-        mask = _ranks_between(a, n - k, n)
+        if n > _SORT_LIMIT:
+            mask = _ranks_between(a, n - k, n)
+        else:
+            mask = torch.zeros_like(mask)
+            mask[torch.argsort(a, descending=True)[:k]] = True
     return _finish(tensor, mask.reshape(tensor.shape).to(tensor.dtype), rescale)
 
 
@@ -76,7 +89,7 @@ def magnitude_outliers(tensor: torch.Tensor, density: float, gamma: float = 0.01
     if target <= 0 or n == 0:
         return _finish(tensor, torch.zeros_like(tensor), rescale)
     a = tensor.abs().reshape(-1)
-    mask = _ranks_between(a, n_bot, n_bot + target)  # ascending ranks [n_bot, n_bot + target)
+    mask = _ranks_between(a, n_bot, n_bot + target) if n > _SORT_LIMIT else _sorted_mask(a, n_bot, n_bot + target)
     return _finish(tensor, mask.reshape(tensor.shape).to(tensor.dtype), rescale)
 
 
