@@ -1,0 +1,149 @@
+"""The tiny world: deterministic builds, offline loading, lm-eval on every task, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from merge3.world import TASKS, build_world, load_world, world_spec
+from merge3.world import language as L
+from merge3.world import tasks as T
+
+
+def test_same_seed_same_hashes(micro_world, tmp_path):
+    again = build_world("micro", out=tmp_path / "again", progress=False)
+    assert again.files == micro_world.files
+    assert any(k.endswith(".safetensors") for k in again.files)
+    assert sum(k.endswith(".jsonl") for k in again.files) == len(TASKS)
+
+
+def test_cached_world_is_reused(micro_world):
+    before = (micro_world.root / "world.json").stat().st_mtime_ns
+    assert build_world("micro", progress=False).root == micro_world.root
+    assert (micro_world.root / "world.json").stat().st_mtime_ns == before
+
+
+def test_other_seed_changes_the_world():
+    a, b = world_spec("micro", 0), world_spec("micro", 1)
+    assert a.digest() != b.digest()
+    lex_a, lex_b = L.Lexicon.build(0, 10), L.Lexicon.build(1, 10)
+    assert lex_a.to_veltic != lex_b.to_veltic
+
+
+def test_item_ids_stable_across_sizes():
+    lexicon = L.Lexicon.build(0, 40)
+    for task in TASKS:
+        short, long = T.make_items(task, lexicon, 0, 10), T.make_items(task, lexicon, 0, 30)
+        assert short == long[:10]
+        assert [it["id"] for it in short] == [f"{task}-{i:05d}" for i in range(10)]
+
+
+def test_items_are_four_way_multiple_choice_with_spread():
+    lexicon = L.Lexicon.build(0, 100)
+    for task in TASKS:
+        items = T.make_items(task, lexicon, 0, 200)
+        for it in items:
+            assert len(it["choices"]) == 4 and len(set(it["choices"])) == 4
+            assert 0 <= it["gold"] < 4
+        assert len({it["gold"] for it in items}) == 4  # the answer position is not a giveaway
+    arith = T.make_items("tw_arith_en", lexicon, 0, 200)
+    assert {it["steps"] for it in arith} == {1, 2, 3} and {it["magnitude"] for it in arith} == {0, 1, 2}
+
+
+def test_arithmetic_answers_are_right():
+    lexicon = L.Lexicon.build(0, 10)
+    import random
+
+    rng = random.Random(5)
+    for _ in range(200):
+        p = L.arithmetic_problem(rng, rng.randint(1, 3), rng.randint(0, 2))
+        numbers = [int(w) for c in p.clauses for r, w in c if r == "N"]
+        verbs = [w for c in p.clauses[1:-2] for r, w in c if r == "V"]
+        value = numbers[0]
+        for verb, n in zip(verbs, numbers[1:]):
+            value += n if verb in ("gets", "finds", "buys") else -n
+        assert value == p.answer and 0 <= value <= L.MAX_NUMBER
+        assert p.answer not in p.distractors
+
+
+def test_veltic_has_its_own_word_order():
+    lexicon = L.Lexicon.build(0, 10)
+    clause = [("D", "the"), ("A", "big"), ("S", "cat"), ("V", "sees"), ("D", "a"), ("O", "dog"), ("X", ".")]
+    assert L.english_order(clause) == ["the", "big", "cat", "sees", "a", "dog", "."]
+    assert L.veltic_order(clause) == ["cat", "big", "the", "dog", "a", "sees", "@the", "."]
+    words = lexicon.translate([clause]).split()
+    assert words[0] == lexicon.to_veltic["cat"] and words[-2] == lexicon.to_veltic["@the"]
+
+
+def test_models_load_offline(micro_world, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    for path in [micro_world.base, *micro_world.endpoints.values()]:
+        model = AutoModelForCausalLM.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path)
+        assert isinstance(model, LlamaForCausalLM)
+        assert (path / "model.safetensors").is_file() and (path / "config.json").is_file()
+        ids = tok("tom has 3 apples .", return_tensors="pt").input_ids
+        assert tok.unk_token_id not in ids[0].tolist()
+        with torch.no_grad():
+            assert torch.isfinite(model(ids).logits).all()
+
+
+def test_lm_eval_every_task_per_item(micro_world, micro_suite):
+    lm = micro_suite.wrap_model(micro_world.endpoints["lang_vl"])
+    responses = micro_suite.evaluate(lm)
+    assert set(responses) == set(TASKS)
+    for task, items in responses.items():
+        assert list(items) == micro_suite.item_ids(task)
+        assert set(items.values()) <= {0, 1}
+    # The language endpoint knows Veltic grammar far better than chance.
+    assert sum(responses["tw_lang_vl"].values()) / len(responses["tw_lang_vl"]) > 0.6
+    subset = micro_suite.evaluate(lm, {"tw_lang_vl": micro_suite.item_ids("tw_lang_vl")[:7]})
+    assert subset["tw_lang_vl"] == {k: responses["tw_lang_vl"][k] for k in micro_suite.item_ids("tw_lang_vl")[:7]}
+
+
+def test_simple_evaluate_with_task_manager(micro_world):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(micro_world.tasks_dir), include_defaults=False)
+    res = simple_evaluate(model="hf", model_args=f"pretrained={micro_world.base}", tasks=["tw_arith_en"],
+                          task_manager=manager, device="cpu", limit=10, log_samples=True, bootstrap_iters=0)
+    assert 0.0 <= res["results"]["tw_arith_en"]["acc,none"] <= 1.0
+    assert len(res["samples"]["tw_arith_en"]) == 10
+
+
+def test_bad_size_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown world size 'huge'"):
+        world_spec("huge")
+    out = subprocess.run([sys.executable, "-m", "merge3.cli", "world", "build", "--size", "huge"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == "merge3: error: unknown world size 'huge': expected one of micro, small"
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(PermissionError, match="not a writable directory"):
+        build_world("micro", out=blocker / "world", progress=False)
+    assert not list(tmp_path.glob(".world.tmp-*"))
+
+
+def test_foreign_directory_is_refused(tmp_path):
+    (tmp_path / "stuff.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a merge3 world"):
+        build_world("micro", out=tmp_path, progress=False)
+    assert (tmp_path / "stuff.txt").read_text() == "mine"
+
+
+def test_world_metadata(micro_world):
+    meta = json.loads((micro_world.root / "world.json").read_text())
+    assert meta["hash"] == micro_world.spec.digest()
+    assert set(meta["tasks"]) == set(TASKS)
+    assert load_world(micro_world.root).spec == micro_world.spec
