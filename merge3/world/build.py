@@ -56,8 +56,8 @@ SIZES = {
                   base_steps=300, endpoint_steps=150, base_lr=3e-3, endpoint_lr=2e-3,
                   items_per_task=200, creatures=70),
     # small: the demo's world, at least 1000 items per task.
-    "small": dict(hidden=128, intermediate=256, layers=4, heads=4, kv_heads=2, block=64, batch=32,
-                  base_steps=1200, endpoint_steps=600, base_lr=3e-3, endpoint_lr=1.5e-3,
+    "small": dict(hidden=96, intermediate=256, layers=4, heads=4, kv_heads=2, block=64, batch=32,
+                  base_steps=1000, endpoint_steps=400, base_lr=3e-3, endpoint_lr=2e-3,
                   items_per_task=1000, creatures=340),
 }
 ENDPOINTS = {
