@@ -170,6 +170,12 @@ def _as_matrix(data, models, tasks):
     return list(model_ids), keys, Y
 
 
+def _capped(step: np.ndarray, limit: float = 1.0) -> np.ndarray:
+    """Newton steps shortened to at most ``limit`` per row: near-separable items must not jump to infinity."""
+    norm = np.max(np.abs(step), axis=-1, keepdims=True)
+    return step * np.minimum(1.0, limit / np.maximum(norm, 1e-12))
+
+
 def refine_map(params: ItemParams, thetas: dict, Y: np.ndarray, models: list[str], iters: int = 30,
                item_sd: float = 2.0, theta_sd: float = 2.0) -> tuple[ItemParams, dict]:
     """Polishes a py-irt fit to the joint MAP by alternating batched Newton steps (items, then abilities).
@@ -194,12 +200,12 @@ def refine_map(params: ItemParams, thetas: dict, Y: np.ndarray, models: list[str
         P = expit(X @ W.T)                             # models x items
         G = X.T @ (Y - P) - pi * (W - W0).T            # (d+1) x items
         H = np.einsum("mi,mj,mn->nij", X, X, P * (1 - P)) + pi * np.eye(d + 1)
-        W = W + np.linalg.solve(H, G.T[..., None])[..., 0]
+        W = W + _capped(np.linalg.solve(H, G.T[..., None])[..., 0])
         A, Bneg = W[:, :d], W[:, d]
         P = expit(T @ A.T + Bneg)                      # abilities step with items fixed
         G = (Y - P) @ A - pt * (T - mu)                # models x d
         H = np.einsum("ni,nj,mn->mij", A, A, P * (1 - P)) + pt * np.eye(d)
-        T = T + np.linalg.solve(H, G[..., None])[..., 0]
+        T = T + _capped(np.linalg.solve(H, G[..., None])[..., 0])
     out = ItemParams(tasks=params.tasks, item_ids=params.item_ids, alpha=W[:, :d], beta=-W[:, d],
                      model_type=params.model_type)
     return out, {m: T[k] for k, m in enumerate(models)}
