@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=400)
     ap.add_argument("--dim", type=int, default=3)
     ap.add_argument("--model-type", default="multidim_2pl")
-    ap.add_argument("--refine-iters", type=int, default=30, help="MAP polishing steps after py-irt (0: none)")
+    ap.add_argument("--refine-iters", type=int, default=100, help="MAP polishing steps after py-irt (0: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--cached-only", action="store_true",

@@ -17,7 +17,7 @@ Design choices (see README, Calibration):
   the tasks share skills (arithmetic in two languages, the second language itself), and one ability vector per
   model lets anchors of every task inform each task's estimate. ``2pl`` is one scalar ability.
 * py-irt's SVI leaves discriminations shrunk towards its hierarchical prior on populations of tens of models
-  (in-sample accuracy errors of 6+ points on the micro world); ``irt.refine_iters`` (default 30) polishes its
+  (in-sample accuracy errors of 6+ points on the micro world); ``irt.refine_iters`` (default 100) polishes its
   solution to the joint MAP with batched Newton steps (``merge3.irt.fit.refine_map``), which cut the held-out
   estimation error by a third there. Set it to 0 for py-irt's parameters as they come.
 * A fraction of the random merges (``irt.validation_fraction``) is held out of the item fit; the gp-IRT and
@@ -49,7 +49,7 @@ CONFIG_KEYS = {
     "include_path": "directory of lm-eval task YAML files (overrides the world's)",
     "n_random_merges": "random merges from the genome added to the population (default 20)",
     "genome": "the search genome, e.g. {method: dare_ties, parameters: {weight: [0, 1], density: [0.1, 1]}}",
-    "irt": "{model_type: multidim_2pl|2pl, dim: 3, epochs: 400, lr: 0.1, validation_fraction: 0.2, refine_iters: 30}",
+    "irt": "{model_type: multidim_2pl|2pl, dim: 3, epochs: 400, lr: 0.1, validation_fraction: 0.2, refine_iters: 100}",
     "estimators": "{gmp_weight: auto|0..1, gp_weight: auto|0..1, mp_include_base: true}",
     "anchors": "default anchors stored with the calibration: {method: random, n: 20, seed: 0}",
     "seed": "seed for random merges, IRT fit, split and anchors (default 0)",
@@ -60,7 +60,7 @@ CONFIG_KEYS = {
 }
 
 DEFAULT_IRT = {"model_type": "multidim_2pl", "dim": 3, "epochs": 400, "lr": 0.1, "validation_fraction": 0.2,
-               "refine_iters": 30}
+               "refine_iters": 100}
 DEFAULT_EST = {"gmp_weight": "auto", "gp_weight": "auto", "mp_include_base": True}
 DEFAULT_ANCHORS = {"method": "random", "n": 20, "seed": None}
 
