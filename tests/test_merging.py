@@ -159,3 +159,39 @@ def test_sparsifiers_keep_exact_counts_under_heavy_ties(density, gamma):
     srt = torch.sort(x.abs().reshape(-1)).values
     assert int(m.sum()) == target
     torch.testing.assert_close(torch.sort(x.abs().reshape(-1)[m]).values, srt[n_bot:n_bot + target])
+
+
+@pytest.mark.parametrize("n", [3000, (1 << 20) + 4096])
+def test_cached_ranks_select_what_the_uncached_path_selects(n):
+    """The materializer's cached magnitude ranks keep exactly the uncached entries, ties included (bf16-like
+    task vectors tie a lot), on both sides of the sort limit."""
+    x = (torch.randint(-40, 41, (n,), generator=torch.Generator().manual_seed(3)) * 0.125).float()
+    mo, oo = S.magnitude_order(x), S.outlier_order(x)
+    for d in (0.05, 0.5, 0.93):
+        for rescale in (False, True):
+            assert torch.equal(S.magnitude(x, d, rescale, order=mo), S.magnitude(x, d, rescale))
+            assert torch.equal(S.magnitude_outliers(x, d, 0.03, rescale, order=oo),
+                               S.magnitude_outliers(x, d, 0.03, rescale))
+
+
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties", "dare_ties", "dare_linear", "della", "breadcrumbs"])
+def test_workspace_kernel_matches_reference_formulation(method):
+    """merge_tensor with cached ranks and reused scratch gives the same bits as without either."""
+    from merge3.merging.kernels import Workspace
+
+    spec = get_method(method)
+    base = _delta(0).to(torch.bfloat16)
+    deltas = [_delta(i).to(torch.bfloat16) * 0.01 for i in (1, 2, 3)]
+    shared = {p.name: p.default for p in spec.params if p.scope == "shared"}
+    per = [{"weight": 0.6, "density": 0.4, "epsilon": 0.1, "gamma": 0.02},
+           {"weight": -0.3, "density": 0.7, "epsilon": 0.2, "gamma": 0.0},
+           {"weight": 0.5, "density": 1.0, "epsilon": 0.1, "gamma": 0.01}]
+    ranker = {"magnitude": S.magnitude_order, "magnitude_outliers": S.outlier_order, "della": S.della_ranks}
+    ranks = [ranker[spec.sparsify](d.float()) for d in deltas] if spec.sparsify in ranker else None
+    work = Workspace()
+    ref = merge_tensor(spec, "t", base, deltas, shared, per, seed=5)
+    for _ in range(2):
+        out = torch.empty_like(base)
+        merge_tensor(spec, "t", base, deltas, shared, per, seed=5, out=out, ranks=ranks, work=work)
+        assert torch.equal(out, ref.to(torch.bfloat16))
+        assert torch.equal(merge_tensor(spec, "t", base, deltas, shared, per, seed=5, ranks=ranks, work=work), ref)

@@ -35,9 +35,12 @@ def _store(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
 
 
 def merge_tensor(spec: MethodSpec, name: str, base: torch.Tensor, deltas: list, shared: dict, per_model: list[dict],
-                 seed: int | None = None, out: torch.Tensor | None = None, ranks: list | None = None) -> torch.Tensor:
+                 seed: int | None = None, out: torch.Tensor | None = None, ranks: list | None = None,
+                 work: Workspace | None = None) -> torch.Tensor:
     """Merge one tensor. ``deltas[i]`` (None: the base itself) pairs with ``per_model[i]``; ``ranks[i]`` optional
-    cached DELLA ranks. Returns ``out`` (filled) or a new float32 tensor."""
+    cached ranks of delta_i for the method's sparsifier (``sparsify.magnitude_order``, ``outlier_order`` or
+    ``della_ranks``); ``work`` optional scratch reused across calls. Returns ``out`` (filled) or a new float32
+    tensor."""
     if not base.is_floating_point():
         return _store(base, out)
     if spec.name in ("linear", "task_arithmetic"):
@@ -46,7 +49,7 @@ def merge_tensor(spec: MethodSpec, name: str, base: torch.Tensor, deltas: list, 
         return _store(_slerp(base, deltas[0], shared["t"]), out)
     if spec.name == "model_stock":
         return _store(_model_stock(base, deltas, shared["filter_wise"]), out)
-    return _store(_generalized(spec, name, base, deltas, shared, per_model, seed, ranks), out)
+    return _generalized(spec, name, base, deltas, shared, per_model, seed, ranks, out, work)
 
 
 def _weighted_sum(spec, name, base, deltas, shared, per_model, out):
@@ -78,57 +81,159 @@ def _weighted_sum(spec, name, base, deltas, shared, per_model, out):
     return acc if (direct or out is None) else _store(acc, out)
 
 
-def _sparsified(spec, name, i, delta, p, shared, seed, rank):
-    d = delta
+class Workspace:
+    """Float32 scratch reused from tensor to tensor (and candidate to candidate): the TIES family needs about
+    N + 3 buffers of the largest tensor's size; allocating them per tensor cost as much as the arithmetic."""
+
+    def __init__(self):
+        self._bufs: dict = {}
+
+    def get(self, slot: str, n: int, dtype: torch.dtype, device) -> torch.Tensor:
+        key = (slot, dtype, str(device))
+        buf = self._bufs.get(key)
+        if buf is None or buf.numel() < n:
+            buf = self._bufs[key] = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n]
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._bufs.values())
+
+
+def _l1_rescale_(x: torch.Tensor, before: torch.Tensor) -> None:
+    """In place: x * (before / after), as ``sparsify.rescale_l1`` computes it (same rounding)."""
+    after = torch.linalg.vector_norm(x, ord=1)
+    if before < S._EPS or after < S._EPS:
+        return
+    x.mul_(before / after)
+
+
+def _sparsify_into(spec, name, i, delta, x, p, shared, seed, rank, work, n):
+    """x (float32, flat, holding delta_i) sparsified in place, with the uncached functions' exact results."""
     rescale = shared.get("rescale", False)
-    if spec.sparsify == "magnitude":
-        return S.magnitude(d, p["density"], rescale)
-    if spec.sparsify == "magnitude_outliers":
-        return S.magnitude_outliers(d, p["density"], p["gamma"], rescale)
-    gen = tensor_generator(seed if seed is not None else 0, name, i, d.device)
-    if spec.sparsify == "random":
-        return S.random(d, p["density"], gen, rescale)
-    if spec.sparsify == "della":
-        return S.della(d, p["density"], p["epsilon"], gen, rescale, ranks=rank)
-    return d
-
-
-def _generalized(spec, name, base, deltas, shared, per_model, seed, ranks):
-    """The TIES family (mergekit's generalized task arithmetic): sparsify, weight, sign consensus, normalize."""
-    cdt = _compute_dtype(base)
-    weighted, weights = [], []
-    for i, (delta, p) in enumerate(zip(deltas, per_model)):
-        d = torch.zeros(base.shape, dtype=cdt, device=base.device) if delta is None \
-            else delta.to(device=base.device, dtype=cdt)
-        if spec.sparsify:
-            d = _sparsified(spec, name, i, d, p, shared, seed, None if ranks is None else ranks[i])
-        weighted.append(d * p["weight"] if d is delta else d.mul_(p["weight"]))  # never scale a resident tensor
-        weights.append(p["weight"])
-    if not weighted:
-        return base.to(cdt)
-    if spec.consensus:
-        if shared.get("consensus_method", "sum") == "count":
-            votes = sum(x.sign() for x in weighted)
-        else:
-            votes = sum(weighted[1:], weighted[0].clone())
-        majority = (votes >= 0).to(cdt) * 2 - 1  # a tie counts as +
-        del votes
-        mixed = torch.zeros_like(weighted[0])
-        divisor = torch.zeros_like(weighted[0])
-        for x, w in zip(weighted, weights):
-            keep = (x * majority) > 0  # sign(x) == majority sign (zeros, pruned or not, never vote)
-            mixed += torch.where(keep, x, 0.0)
-            divisor.add_(keep, alpha=w)
-        divisor[divisor == 0] = 1
+    kind = spec.sparsify
+    density = p["density"]
+    if density >= 1:
+        return
+    if kind in ("magnitude", "della") and density <= 0:
+        x.zero_()
+        return
+    if rank is None and kind == "magnitude":  # uncached (one-off merges): kthvalue threshold, sort only on ties
+        x.copy_(S.magnitude(x, density, rescale))
+        return
+    if rank is None and kind == "magnitude_outliers":
+        x.copy_(S.magnitude_outliers(x, density, p["gamma"], rescale))
+        return
+    before = torch.linalg.vector_norm(x, ord=1) if rescale else None
+    keep = work.get("keep", n, torch.bool, x.device)
+    if kind == "magnitude":
+        torch.lt(rank, max(1, int(density * n)), out=keep)
+    elif kind == "magnitude_outliers":
+        target = int(density * n)
+        if target <= 0 or n == 0:
+            x.zero_()
+            return
+        n_top = int(p["gamma"] * n)
+        n_bot = max(0, n - target - n_top)
+        low = work.get("low", n, torch.bool, x.device)
+        torch.ge(rank, n_bot, out=low)
+        torch.lt(rank, n_bot + target, out=keep)
+        torch.logical_and(low, keep, out=keep)
     else:
-        mixed = sum(weighted[1:], weighted[0].clone())
+        gen = tensor_generator(seed if seed is not None else 0, name, i, x.device)
+        r = work.get("rand", n, torch.float32, x.device)
+        r.uniform_(0, 1, generator=gen)  # what torch.rand draws
+        if kind == "random":
+            torch.lt(r, density, out=r)  # 1.0 / 0.0 in place of the draws
+        else:  # della: keep-probability rising with the in-row magnitude rank
+            eps = p["epsilon"]
+            if density + eps >= 1 or density - eps <= 0:
+                raise ValueError(f"della needs density +/- epsilon inside (0, 1), got density={density:g}, "
+                                 f"epsilon={eps:g}")
+            if rank is None:
+                rank = S.della_ranks(x.reshape(delta.shape))
+            cols = rank.shape[1]
+            probs = work.get("probs", n, torch.float32, x.device)
+            probs.copy_(rank.reshape(-1))
+            probs.div_(max(cols - 1, 1)).mul_(2 * eps).add_(density - eps)
+            torch.lt(r, probs, out=r)
+    if kind in ("magnitude", "magnitude_outliers"):
+        r = work.get("rand", n, torch.float32, x.device)
+        r.copy_(keep)
+    x.mul_(r)  # a 0/1 float mask: the vectorized path (bool masks and masked_fill are several times slower)
+    if rescale:
+        _l1_rescale_(x, before)
+
+
+def _generalized(spec, name, base, deltas, shared, per_model, seed, ranks, out=None, work=None):
+    """The TIES family (mergekit's generalized task arithmetic): sparsify, weight, sign consensus, normalize.
+
+    Works in float32 scratch reused across tensors (``work``), in place; the operations and their order are
+    those of the reference formulation (task vectors masked, rescaled, weighted; the votes summed in model
+    order; kept entries and their weights accumulated in model order), so the results are bit-identical."""
+    cdt = _compute_dtype(base)
+    work = work or Workspace()
+    n = base.numel()
+    dev = base.device
+    xs, weights = [], []
+    for i, (delta, p) in enumerate(zip(deltas, per_model)):
+        x = work.get(f"x{i}", n, cdt, dev)
+        if delta is None:
+            x.zero_()
+        else:
+            x.copy_(delta.reshape(-1))
+            if spec.sparsify:
+                _sparsify_into(spec, name, i, delta, x, p, shared, seed, None if ranks is None else ranks[i],
+                               work, n)
+        x.mul_(p["weight"])
+        xs.append(x)
+        weights.append(p["weight"])
+    if not xs:
+        return _store(base.to(cdt), out)
+    mixed = work.get("mixed", n, cdt, dev)
+    if spec.consensus:
+        votes = work.get("votes", n, cdt, dev)
+        if shared.get("consensus_method", "sum") == "count":
+            torch.sign(xs[0], out=votes)
+            tmp = work.get("tmp", n, cdt, dev)
+            for x in xs[1:]:
+                votes.add_(torch.sign(x, out=tmp))
+        else:
+            votes.copy_(xs[0])
+            for x in xs[1:]:
+                votes.add_(x)
+        majority = votes  # the votes are no longer needed: +1 / -1 (a tie counts as +)
+        torch.ge(votes, 0, out=majority).mul_(2).sub_(1)
+        normalize = shared["normalize"]
+        divisor = work.get("divisor", n, cdt, dev) if normalize else None
+        tmp = work.get("tmp", n, cdt, dev)
+        mixed.zero_()
+        if normalize:
+            divisor.zero_()
+        for x, w in zip(xs, weights):
+            keep = torch.gt(torch.mul(x, majority, out=tmp), 0, out=tmp)  # sign(x) == majority (zeros never vote)
+            mixed.add_(x.mul_(keep))
+            if normalize:
+                divisor.add_(keep, alpha=w)
+        if normalize:
+            divisor.add_(torch.eq(divisor, 0, out=tmp))  # 0 -> 1
+            mixed.div_(divisor)
+    else:
+        mixed.copy_(xs[0])
+        for x in xs[1:]:
+            mixed.add_(x)
         total = float(sum(weights))
-        divisor = total if abs(total) >= 1e-8 else 1.0
-    if shared["normalize"]:
-        mixed /= divisor
+        if shared["normalize"]:
+            mixed.div_(total if abs(total) >= 1e-8 else 1.0)
     if shared["lambda"] != 1:
-        mixed *= shared["lambda"]
-    return base.to(cdt) + mixed
+        mixed.mul_(shared["lambda"])
+    if base.dtype == cdt:
+        mixed.add_(base.reshape(-1))
+    else:  # widen first: a mixed-dtype add is several times slower than a copy and an add
+        mixed.add_(work.get("tmp", n, cdt, dev).copy_(base.reshape(-1)))
+    if out is None:
+        return mixed.reshape(base.shape).clone()
+    out.copy_(mixed.reshape(base.shape))
+    return out
 
 
 def _slerp(base, delta, t):

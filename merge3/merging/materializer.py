@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from .checks import assert_finite, check_compatible
-from .kernels import merge_tensor
+from .kernels import Workspace, merge_tensor
 from .recipe import MergeRecipe
-from .sparsify import della_ranks
+from .sparsify import della_ranks, magnitude_order, outlier_order
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -98,7 +98,8 @@ class Materializer:
             ck.close()
         base_ckpt.close()
         self._plans: dict = {}
-        self._ranks: dict = {}
+        self._ranks: dict = {}   # (sparsifier, id(task vector)) -> its cached ranks
+        self._work = Workspace()
 
     def _store_dtype(self, t: torch.Tensor) -> torch.dtype:
         return self.dtype if t.is_floating_point() else t.dtype
@@ -133,15 +134,20 @@ class Materializer:
             out.append(self._tv.get(key) if key is not None else None)
         return out
 
-    def _della_ranks(self, recipe: MergeRecipe, name: str, deltas: list) -> list:
+    _RANKERS = {"della": della_ranks, "magnitude": magnitude_order, "magnitude_outliers": outlier_order}
+
+    def _cached_ranks(self, kind: str, deltas: list) -> list:
+        """Per input, the sparsifier's density-independent ranks of its task vector, computed on first use:
+        magnitude selection then costs one comparison per entry instead of a selection (or a sort) per candidate."""
+        ranker = self._RANKERS[kind]
         ranks = []
-        for i, d in enumerate(deltas):
+        for d in deltas:
             if d is None:
                 ranks.append(None)
                 continue
-            k = id(d)  # one task-vector tensor per (model, name), alive as long as the materializer
+            k = (kind, id(d))  # one task-vector tensor per (model, name), alive as long as the materializer
             if k not in self._ranks:
-                self._ranks[k] = della_ranks(d.to(device=self.device, dtype=torch.float32))
+                self._ranks[k] = ranker(d.to(device=self.device, dtype=torch.float32))
             ranks.append(self._ranks[k])
         return ranks
 
@@ -154,9 +160,9 @@ class Materializer:
         sources = self._sources(recipe)
         for name, shared, per_model in plan:
             deltas = [None if tvs is None else tvs[name] for tvs in sources]
-            ranks = self._della_ranks(recipe, name, deltas) if spec.sparsify == "della" else None
+            ranks = self._cached_ranks(spec.sparsify, deltas) if spec.sparsify in self._RANKERS else None
             merge_tensor(spec, name, self._base[name], deltas, shared, per_model, seed=recipe.seed,
-                         out=self._targets[name].data, ranks=ranks)
+                         out=self._targets[name].data, ranks=ranks, work=self._work)
         return self.model
 
     @torch.no_grad()
@@ -174,4 +180,6 @@ class Materializer:
             return sum(t.numel() * t.element_size() for t in ts if t is not None)
         tv = sum(size(v.values()) for v in self._tv.values() if v)
         return {"model": size(self._targets.values()), "base": size(self._base.values()), "task_vectors": tv,
-                "della_ranks": size(self._ranks.values())}
+                "della_ranks": size(v for k, v in self._ranks.items() if k[0] == "della"),
+                "magnitude_ranks": size(v for k, v in self._ranks.items() if k[0] != "della"),
+                "scratch": self._work.nbytes()}

@@ -57,14 +57,46 @@ def _ranks_between(a: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
     return mask
 
 
-def magnitude(tensor: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
-    """Keep the k = max(1, int(density * numel)) largest |entries| (TIES)."""
+def _positions(perm: torch.Tensor) -> torch.Tensor:
+    """Inverse of a permutation, int32: the position of each entry in the sorted order."""
+    n = perm.numel()
+    out = torch.empty(n, dtype=torch.int32, device=perm.device)
+    out[perm] = torch.arange(n, dtype=torch.int32, device=perm.device)
+    return out
+
+
+def magnitude_order(tensor: torch.Tensor) -> torch.Tensor:
+    """Each entry's rank in the order ``magnitude`` keeps entries (0: kept first), flat int32.
+
+    It does not depend on the density, so a caller that sparsifies the same task vector for many candidates
+    computes it once: ``magnitude(..., order=o)`` is then one comparison ``o < k``, with exactly the kept set
+    of the uncached path (mergekit's descending argsort up to _SORT_LIMIT entries; above it, ties at the
+    threshold in reverse index order, as ``_ranks_between`` takes them)."""
+    a = tensor.abs().reshape(-1).to(torch.float32) if tensor.dtype != torch.float64 else tensor.abs().reshape(-1)
+    if a.numel() <= _SORT_LIMIT:
+        return _positions(torch.argsort(a, descending=True))
+    return _positions(torch.sort(a, stable=True).indices.flip(0))
+
+
+def outlier_order(tensor: torch.Tensor) -> torch.Tensor:
+    """Each entry's ascending rank by magnitude as ``magnitude_outliers`` ranks them, flat int32 (cacheable)."""
+    a = tensor.abs().reshape(-1).to(torch.float32) if tensor.dtype != torch.float64 else tensor.abs().reshape(-1)
+    if a.numel() <= _SORT_LIMIT:
+        return _positions(torch.sort(a).indices)
+    return _positions(torch.sort(a, stable=True).indices)
+
+
+def magnitude(tensor: torch.Tensor, density: float, rescale: bool = False,
+              order: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep the k = max(1, int(density * numel)) largest |entries| (TIES). ``order``: ``magnitude_order``."""
     if density >= 1:
         return tensor
     n = tensor.numel()
     if density <= 0 or n == 0:
         return torch.zeros_like(tensor)
     k = max(1, int(density * n))
+    if order is not None:
+        return _finish(tensor, (order < k).reshape(tensor.shape).to(tensor.dtype), rescale)
     a = tensor.abs().reshape(-1)
     thr = torch.kthvalue(a, n - k + 1).values
     mask = a >= thr
@@ -78,7 +110,7 @@ def magnitude(tensor: torch.Tensor, density: float, rescale: bool = False) -> to
 
 
 def magnitude_outliers(tensor: torch.Tensor, density: float, gamma: float = 0.01,
-                       rescale: bool = False) -> torch.Tensor:
+                       rescale: bool = False, order: torch.Tensor | None = None) -> torch.Tensor:
     """Drop the largest gamma fraction and the smallest entries so that int(density * numel) remain (breadcrumbs)."""
     if density >= 1:
         return tensor
@@ -88,6 +120,9 @@ def magnitude_outliers(tensor: torch.Tensor, density: float, gamma: float = 0.01
     n_bot = max(0, n - target - n_top)
     if target <= 0 or n == 0:
         return _finish(tensor, torch.zeros_like(tensor), rescale)
+    if order is not None:
+        mask = (order >= n_bot) & (order < n_bot + target)
+        return _finish(tensor, mask.reshape(tensor.shape).to(tensor.dtype), rescale)
     a = tensor.abs().reshape(-1)
     mask = _ranks_between(a, n_bot, n_bot + target) if n > _SORT_LIMIT else _sorted_mask(a, n_bot, n_bot + target)
     return _finish(tensor, mask.reshape(tensor.shape).to(tensor.dtype), rescale)
