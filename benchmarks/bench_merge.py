@@ -1,11 +1,11 @@
 """Per-candidate materialization time of every merge method, side by side with mergekit and a copy bound.
 
 For each model (the tiny world's small models and a synthetic Llama whose size is a flag) and each method:
-  ours      Materializer.apply(recipe): merged weights written in place into the live model (median of --repeats
-            after one warm-up call, which also fills DELLA's rank cache);
+  ours      Materializer.apply(recipe): merged weights written in place into the live model (minimum of --repeats
+            after one warm-up call, which also fills the magnitude/DELLA rank caches);
   mergekit  mergekit 0.1.5 run_merge of the same recipe: merge and write to disk (one run);
   copy      a plain copy of the bytes the merge reads (the resident base and the method's task vectors) into the
-            live model's parameters: the memory-bandwidth bound.
+            live model's parameters: the memory-bandwidth bound (timed interleaved with ours, minimum too).
 Prints a table and writes {"rows": [...]} JSON. Runs without Ray.
 
     .venv/bin/python benchmarks/bench_merge.py --world /tmp/w_small --hidden 768 --layers 8
@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -91,33 +90,36 @@ def count_params(path: Path) -> int:
     return total
 
 
-def copy_bound(mat: Materializer, recipe: MergeRecipe, repeats: int) -> float:
-    """Seconds to copy the bytes this recipe's merge reads (base + its task vectors) into the live parameters."""
+def _copy_once(mat: Materializer, srcs: list) -> float:
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for name, dst in mat._targets.items():
+            for src in srcs:
+                dst.data.copy_(src[name])
+    return time.perf_counter() - t0
+
+
+def time_side_by_side(mat: Materializer, recipe: MergeRecipe, repeats: int) -> tuple[float, float, float]:
+    """(ours, copy bound, first call): one warm-up apply (it fills the rank caches), then ``repeats`` rounds of
+    apply and copy back to back, so both see the same machine load; the minimum of each over the rounds.
+
+    The copy bound copies the bytes this recipe's merge reads (the resident base and its task vectors) into the
+    live parameters."""
     inputs = [p for p, _ in recipe.inputs()]
     srcs = [mat._base] + [mat._tv[next(m for m in mat.models if Path(m).resolve() == Path(p).resolve())]
                           for p in inputs if Path(p).resolve() != Path(mat.base_path).resolve()]
-    times = []
-    with torch.no_grad():
-        for _ in range(repeats + 1):
-            t0 = time.perf_counter()
-            for name, dst in mat._targets.items():
-                for src in srcs:
-                    dst.data.copy_(src[name])
-            times.append(time.perf_counter() - t0)
-    mat.restore_base()
-    return statistics.median(times[1:])
-
-
-def time_ours(mat: Materializer, recipe: MergeRecipe, repeats: int) -> tuple[float, float]:
     t0 = time.perf_counter()
     mat.apply(recipe)
     first = time.perf_counter() - t0
-    times = []
+    _copy_once(mat, srcs)
+    ours, copy = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         mat.apply(recipe)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), first
+        ours.append(time.perf_counter() - t0)
+        copy.append(_copy_once(mat, srcs))
+    mat.restore_base()
+    return min(ours), min(copy), first
 
 
 def time_mergekit(recipe: MergeRecipe) -> float | None:
@@ -150,8 +152,7 @@ def bench_model(label: str, base: Path, eps: list[Path], n_params: int, methods:
     rows = []
     for method in methods:
         recipe = recipe_for(method, base, eps, dtype)
-        ours, first = time_ours_any(mat, recipe, repeats)
-        bound = copy_bound(mat, recipe, repeats)
+        ours, bound, first = time_ours_any(mat, recipe, repeats)
         mk = time_mergekit(recipe) if with_mergekit else None
         row = {"method": method, "model": label, "params": n_params, "dtype": dtype, "device": str(mat.device),
                "seconds_per_candidate": round(ours, 5), "first_call_seconds": round(first, 5),
@@ -167,17 +168,13 @@ def bench_model(label: str, base: Path, eps: list[Path], n_params: int, methods:
 
 def time_ours_any(mat: Materializer, recipe: MergeRecipe, repeats: int):
     """slerp takes one endpoint: a materializer over all endpoints applies it through a sub-recipe."""
-    if recipe.method == "slerp":
-        return _time_slerp(mat, recipe, repeats)
-    return time_ours(mat, recipe, repeats)
-
-
-def _time_slerp(mat, recipe, repeats):
+    if recipe.method != "slerp":
+        return time_side_by_side(mat, recipe, repeats)
     # The materializer checks that a recipe lists its models; slerp's single endpoint is its first model.
     orig = mat.models
     mat.models = orig[:1]
     try:
-        return time_ours(mat, recipe, repeats)
+        return time_side_by_side(mat, recipe, repeats)
     finally:
         mat.models = orig
 
@@ -205,10 +202,15 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads for ours, the copy and mergekit alike (0: torch's default); on a "
+                         "machine loaded by other work, 1 avoids threads waiting on each other at every op")
     ap.add_argument("--no-mergekit", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "merge.json"))
     a = ap.parse_args(argv)
     methods = [m for m in a.methods.split(",") if m]
+    if a.threads:
+        torch.set_num_threads(a.threads)
     rows = []
     if a.world:
         from merge3.world import resolve_world
@@ -228,6 +230,9 @@ def main(argv=None) -> int:
     print(table(rows))
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
             "cpu_count": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "timing": f"min over {a.repeats} interleaved repeats of ours and the copy, after one warm-up apply "
+                      "(first_call_seconds, which fills the rank caches); mergekit: one run",
+            "load_average": os.getloadavg(),
             "command": " ".join(["benchmarks/bench_merge.py"] + (argv if argv is not None else sys.argv[1:]))}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"rows": rows, "meta": meta}, indent=2) + "\n")
