@@ -75,9 +75,13 @@ def _weighted_sum(spec, name, base, deltas, shared, per_model, out):
         acc.copy_(base)
     else:
         torch.mul(base.to(cdt), c, out=acc)
+    tmp = None
     for d, s in zip(deltas, scale):
         if d is not None and s != 0.0:
-            acc.add_(d.to(base.device), alpha=s)
+            if d.dtype != cdt or d.device != base.device:  # widen first: a mixed-dtype add_ is much slower
+                tmp = torch.empty(base.shape, dtype=cdt, device=base.device) if tmp is None else tmp
+                d = tmp.copy_(d)
+            acc.add_(d, alpha=s)
     return acc if (direct or out is None) else _store(acc, out)
 
 
