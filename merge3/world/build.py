@@ -24,7 +24,7 @@ from . import language as L
 from . import tasks as T
 from ..progress import progress as _progress
 
-WORLD_VERSION = 1  # bump when generators or training change, so old caches are not reused
+WORLD_VERSION = 2  # bump when generators or training change, so old caches are not reused
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ SIZES = {
                   items_per_task=200, creatures=70),
     # small: the demo's world, at least 1000 items per task.
     "small": dict(hidden=96, intermediate=256, layers=4, heads=4, kv_heads=2, block=64, batch=32,
-                  base_steps=1000, endpoint_steps=400, base_lr=3e-3, endpoint_lr=2e-3,
+                  base_steps=1000, endpoint_steps=500, base_lr=3e-3, endpoint_lr=2e-3,
                   items_per_task=1000, creatures=340),
 }
 ENDPOINTS = {

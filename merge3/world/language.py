@@ -139,28 +139,37 @@ def subject_particle(clause: list[tuple[str, str]]) -> str:
 
 # ----- general text -------------------------------------------------------------------------------------
 
-def general_clause(rng: random.Random) -> list[tuple[str, str]]:
-    """One sentence of everyday text, as roles."""
+def _pick(rng: random.Random, words: list[str], half: int | None) -> str:
+    """A word from the whole list, or from its first (0) or second (1) half."""
+    if half is not None:
+        mid = len(words) // 2
+        words = words[:mid] if half == 0 else words[mid:]
+    return rng.choice(words)
+
+
+def general_clause(rng: random.Random, half: int | None = None) -> list[tuple[str, str]]:
+    """One sentence of everyday text, as roles. ``half`` restricts the content words to one half of the
+    vocabulary: the base sees Veltic only with the first half, so its Veltic is partial."""
     kind = rng.random()
     subj: list[tuple[str, str]]
     if rng.random() < 0.4:
-        subj = [("S", rng.choice(NAMES))]
+        subj = [("S", _pick(rng, NAMES, half))]
     else:
-        subj = [("D", rng.choice(["the", "a"]))] + ([("A", rng.choice(ADJECTIVES))] if rng.random() < 0.5 else [])
-        subj += [("S", rng.choice(NOUNS))]
+        subj = [("D", rng.choice(["the", "a"]))] + ([("A", _pick(rng, ADJECTIVES, half))] if rng.random() < 0.5 else [])
+        subj += [("S", _pick(rng, NOUNS, half))]
     if kind < 0.55:
-        obj = [("D", rng.choice(["the", "a"]))] + ([("A", rng.choice(ADJECTIVES))] if rng.random() < 0.5 else [])
-        obj += [("O", rng.choice(NOUNS))]
-        return subj + [("V", rng.choice(VERBS))] + obj + [("X", ".")]
+        obj = [("D", rng.choice(["the", "a"]))] + ([("A", _pick(rng, ADJECTIVES, half))] if rng.random() < 0.5 else [])
+        obj += [("O", _pick(rng, NOUNS, half))]
+        return subj + [("V", _pick(rng, VERBS, half))] + obj + [("X", ".")]
     if kind < 0.8:
         return subj + [("V", "is"), ("X", rng.choice(["in", "near"])), ("D", "the"),
-                       ("P", rng.choice(PLACES)), ("X", ".")]
+                       ("P", _pick(rng, PLACES, half)), ("X", ".")]
     # Counting sentences keep numbers in the general text, but never any arithmetic.
-    return subj + [("V", "has"), ("N", str(rng.randint(1, 20))), ("O", rng.choice(ITEMS)), ("X", ".")]
+    return subj + [("V", "has"), ("N", str(rng.randint(1, 20))), ("O", _pick(rng, ITEMS, half)), ("X", ".")]
 
 
-def general_text(rng: random.Random, lexicon: Lexicon, lang: str, sentences: int) -> str:
-    clauses = [general_clause(rng) for _ in range(sentences)]
+def general_text(rng: random.Random, lexicon: Lexicon, lang: str, sentences: int, half: int | None = None) -> str:
+    clauses = [general_clause(rng, half) for _ in range(sentences)]
     if lang == "en":
         return " ".join(" ".join(english_order(c)) for c in clauses)
     return lexicon.translate(clauses)

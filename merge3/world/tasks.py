@@ -45,8 +45,9 @@ def _arith_item(task: str, lang: str, lexicon: L.Lexicon, seed: int, i: int) -> 
 
 def _lang_item(lexicon: L.Lexicon, seed: int, i: int) -> dict:
     rng = _item_rng("tw_lang_vl", seed, i)
-    context = lexicon.translate([L.general_clause(rng)])
-    clause = L.general_clause(rng)
+    # Sentences use the half of the vocabulary the base never saw in Veltic: knowing Veltic is needed.
+    context = lexicon.translate([L.general_clause(rng, half=1)])
+    clause = L.general_clause(rng, half=1)
     words = L.veltic_order(clause)
     good = [lexicon.to_veltic.get(w, w) for w in words]
     wrong = L.corrupt_sentence(rng, good, [lexicon.to_veltic[p] for p in L.PARTICLES])
@@ -138,9 +139,11 @@ def corpus_documents(kind: str, lexicon: L.Lexicon, seed: int, n_docs: int) -> l
     docs: list[str] = []
     if kind == "base":
         for _ in range(n_docs):
-            # Mostly English, a little Veltic: the base knows the second language only weakly.
-            lang = "vl" if rng.random() < 0.03 else "en"
-            docs.append(L.general_text(rng, lexicon, lang, rng.randint(2, 4)))
+            # Mostly English, a little Veltic with half of its vocabulary: the base knows Veltic only partly.
+            if rng.random() < 0.05:
+                docs.append(L.general_text(rng, lexicon, "vl", rng.randint(2, 4), half=0))
+            else:
+                docs.append(L.general_text(rng, lexicon, "en", rng.randint(2, 4)))
     elif kind == "math_en":
         for _ in range(n_docs):
             p = L.arithmetic_problem(rng, rng.choices([1, 2, 3], weights=[5, 3, 2])[0],
