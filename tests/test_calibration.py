@@ -10,6 +10,7 @@ import pytest
 from merge3.calibration import Calibration, calibrate, calibrate_from_file
 from merge3.evaluation.store import ResponseStore
 from merge3.irt import ESTIMATORS, estimate, fit_ability, fit_irt, select_anchors
+from merge3.irt.fit import _as_matrix, refine_map
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,10 @@ def test_py_irt_fit_on_real_responses(micro_store):
     p1, _ = fit_irt(micro_store, model_type="2pl", epochs=30, seed=0)
     assert p1.dim == 1
 
-    # Abilities fitted with the items fixed predict each model's own accuracy.
+    # As calibration does: polish py-irt's (prior-shrunk) solution to the joint MAP, then abilities fitted
+    # with the items fixed predict each model's own accuracy.
+    models, _, Y = _as_matrix(micro_store, None, None)
+    params, _ = refine_map(params, thetas, Y, models, iters=100)
     abilities = {m: fit_ability(params, micro_store.get(m), prior_sd=3.0) for m in micro_store.models()}
     cal = Calibration(params, abilities, ["math_en", "lang_vl", "facts_en"], base="base", store=micro_store)
     acc, pred = [], []
