@@ -177,6 +177,7 @@ def main() -> None:
                     row["hypervolume_true"] = hypervolume(pareto(true_pts))
                     row["front_true"] = true_pts
                 runs.append(row)
+                write_partial(runs, work)
                 print(f"{mode:6} seed {seed} {fitness:6}: items {row['items_evaluated']:>7}  "
                       + (f"best true {row['best_true']:.3f} (est {row['best_estimated']:.3f})" if mode == "single"
                          else f"HV(true front) {row['hypervolume_true']:.4f}")
@@ -196,6 +197,11 @@ def main() -> None:
     (RESULTS / "search.json").write_text(json.dumps(out, indent=1) + "\n")
     plot(runs, RESULTS / "search_convergence.png")
     print_tables(summary, paper)
+
+
+def write_partial(runs: list[dict], work: Path) -> None:
+    """Runs so far, so an interrupted benchmark leaves what it measured (not the results file)."""
+    (work / "runs_partial.json").write_text(json.dumps(runs, indent=1) + "\n")
 
 
 def summarize(runs: list[dict], cal_items: int) -> dict:
