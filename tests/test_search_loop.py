@@ -4,10 +4,8 @@ checkpoints, locking). The real path (Ray, lm-eval, merges) is tested in test_se
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 

@@ -54,7 +54,6 @@ def test_items_are_four_way_multiple_choice_with_spread():
 
 
 def test_arithmetic_answers_are_right():
-    lexicon = L.Lexicon.build(0, 10)
     import random
 
     rng = random.Random(5)

@@ -46,24 +46,15 @@ def thin(front: list[dict], k: int) -> list[dict]:
 
 def export_run(run_dir, out_dir, front: bool = False, top: int | None = None, evaluate: bool = True,
                progress: bool = True, max_candidates: int | None = None) -> dict:
-    import yaml
-
     from ..evaluation.lmeval import EvalOptions, TaskSuite, accuracy
     from ..genome import Genome
     from ..merging.export import export_merged
     from ..merging.materializer import Materializer
     from . import config as C
-    from .runner import LOG, EvalLog
+    from .runner import read_run
 
     rd, out = Path(run_dir), Path(out_dir)
-    if not (rd / "config.yaml").is_file():
-        raise FileNotFoundError(f"{rd} is not a merge3 run directory (no config.yaml)")
-    cfg = yaml.safe_load((rd / "config.yaml").read_text())
-    meta = json.loads((rd / "meta.json").read_text()) if (rd / "meta.json").exists() else {}
-    recs = {}
-    for r in EvalLog(rd / LOG).read():
-        recs[(r["generation"], r["index"])] = r
-    records = sorted(recs.values(), key=lambda r: (r["generation"], r["index"]))
+    cfg, meta, records = read_run(rd)
     chosen = thin(choose(records, cfg, meta, front, top), max_candidates)
     if not chosen:
         raise ValueError(f"{rd}: no successfully evaluated candidate to export yet")

@@ -655,6 +655,19 @@ class Search:
              "front": [_front_entry(r, self.meta) for r in front]}, indent=1, sort_keys=True))
 
 
+def read_run(run_dir) -> tuple[dict, dict, list[dict]]:
+    """A run directory's resolved config, meta and evaluation records (one per candidate, in order)."""
+    import yaml
+
+    rd = Path(run_dir)
+    if not (rd / "config.yaml").is_file():
+        raise FileNotFoundError(f"{rd} is not a merge3 run directory (no config.yaml)")
+    cfg = yaml.safe_load((rd / "config.yaml").read_text())
+    meta = json.loads((rd / "meta.json").read_text()) if (rd / "meta.json").exists() else {}
+    recs = {(r["generation"], r["index"]): r for r in EvalLog(rd / LOG).read()}
+    return cfg, meta, sorted(recs.values(), key=lambda r: (r["generation"], r["index"]))
+
+
 class _Stop(Exception):
     pass
 

@@ -9,21 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .runner import LOG, EvalLog, _front_entry, pareto_front
+from .runner import _front_entry, pareto_front, read_run
 
 
 def collect(run_dir) -> dict:
-    import yaml
-
     rd = Path(run_dir)
-    if not (rd / "config.yaml").is_file():
-        raise FileNotFoundError(f"{rd} is not a merge3 run directory (no config.yaml)")
-    cfg = yaml.safe_load((rd / "config.yaml").read_text())
-    meta = json.loads((rd / "meta.json").read_text()) if (rd / "meta.json").exists() else {}
-    recs = {}
-    for r in EvalLog(rd / LOG).read():
-        recs[(r["generation"], r["index"])] = r
-    records = sorted(recs.values(), key=lambda r: (r["generation"], r["index"]))
+    cfg, meta, records = read_run(rd)
     prog = json.loads((rd / "progress.json").read_text()) if (rd / "progress.json").exists() else {}
     done = (rd / "result.json").exists()
     n_obj = meta.get("n_objectives") or 1

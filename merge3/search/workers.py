@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections import deque
 from typing import Callable, Iterator
 
