@@ -28,6 +28,8 @@ Design choices (see README, Calibration):
 
 from __future__ import annotations
 
+from .yamlfile import read_yaml_mapping
+
 import json
 import os
 import shutil
@@ -205,17 +207,8 @@ class Calibration:
 # ----------------------------------------------------------------------------------------------- calibrate
 
 def calibrate_from_file(config_path: str | Path, out_dir: str | Path | None = None) -> Path:
-    import yaml
-
     config_path = Path(config_path)
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: calibration config not found")
-    try:
-        cfg = yaml.safe_load(config_path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{config_path}: not valid YAML ({exc})") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{config_path}: expected a mapping of calibration settings")
+    cfg = read_yaml_mapping(config_path, "calibration config")
     here = config_path.resolve().parent
 
     def rel(p):

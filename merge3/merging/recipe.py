@@ -9,6 +9,8 @@ take precedence over the method's defaults.
 
 from __future__ import annotations
 
+from ..yamlfile import read_yaml_mapping
+
 import math
 import re
 from dataclasses import dataclass, field
@@ -312,13 +314,7 @@ class MergeRecipe:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "MergeRecipe":
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"{path}: recipe file not found")
-        try:
-            d = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        return cls.from_dict(d, root=path.parent)
+        return cls.from_dict(read_yaml_mapping(path, "recipe file"), root=path.parent)
 
 
 def _plain(v):

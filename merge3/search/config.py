@@ -9,6 +9,8 @@ models, a given calibration exists and covers the tasks). Every problem is a ``V
 
 from __future__ import annotations
 
+from ..yamlfile import read_yaml_mapping
+
 import copy
 import hashlib
 import json
@@ -410,20 +412,7 @@ def validate_resources(cfg: dict) -> None:
 
 
 def read_yaml(path: str | Path) -> dict:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"config file {p} not found")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{p}: expected a mapping of config keys at the top level")
-    return raw
+    return read_yaml_mapping(path, "config file")
 
 
 def load_config(path_or_dict, name: str | None = None, base_dir: Path | None = None, check: bool = True) -> dict:
