@@ -32,6 +32,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 RESULTS = Path(__file__).parent / "results"
 TARGET, LANG = "tw_arith_vl", "tw_lang_vl"
 FITNESSES = ("full", "anchor", "irt")
+# One genome for the calibration, every search and the re-scoring of their candidates.
+GENOME = {"method": "dare_ties", "parameters": {"weight": [0.0, 1.0], "density": [0.1, 1.0]}}
 
 
 def search_config(world: str, mode: str, fitness: str, seed: int, args, calibration: Path) -> dict:
@@ -45,7 +47,7 @@ def search_config(world: str, mode: str, fitness: str, seed: int, args, calibrat
         "name": f"{mode}-{fitness}-s{seed}", "seed": seed, "world": world, "base": "base",
         "models": ["math_en", "lang_vl", "facts_en"], "tasks": tasks,
         "objectives": {"mode": "per_task"},
-        "merge": {"method": "dare_ties", "parameters": {"weight": [0.0, 1.0], "density": [0.1, 1.0]}},
+        "merge": GENOME,
         "fitness": fit,
         "algorithm": {"name": "ga" if mode == "single" else "nsga2", "pop_size": args.pop,
                       "generations": args.generations},
@@ -56,7 +58,7 @@ def search_config(world: str, mode: str, fitness: str, seed: int, args, calibrat
 
 def calibration_config(world: str, args) -> dict:
     return {"world": world, "n_random_merges": args.n_cal, "seed": 0,
-            "genome": {"method": "dare_ties", "parameters": {"weight": [0.0, 1.0], "density": [0.1, 1.0]}},
+            "genome": GENOME,
             "irt": {"model_type": "multidim_2pl", "dim": 3, "epochs": args.epochs},
             "eval": {"device": "cpu", "batch_size": 64}}
 
@@ -72,9 +74,7 @@ class TrueScorer:
         self.world = world
         self.models = [str(world.model(m)) for m in models]
         self.mat = Materializer(world.base, self.models, device="cpu")
-        self.genome = Genome.from_config(
-            {"method": "dare_ties", "parameters": {"weight": [0.0, 1.0], "density": [0.1, 1.0]}},
-            len(self.models), self.mat.n_layers)
+        self.genome = Genome.from_config(GENOME, len(self.models), self.mat.n_layers)
         self.suite = TaskSuite(world.task_names, include_path=world.tasks_dir,
                                options=EvalOptions(device="cpu", batch_size=64), cache_dir=world.root)
         self.lm = self.suite.wrap_model(self.mat.model, self.mat.tokenizer)

@@ -83,6 +83,8 @@ class TaskSuite:
             task.set_fewshot_seed(seed=self.options.fewshot_seed)
         self._ids = {name: [self._item_id(name, i, doc) for i, doc in enumerate(task.eval_docs)]
                      for name, task in self.task_dict.items()}
+        # item id -> document index, built once: subset evaluation runs once per search candidate
+        self._index = {name: {iid: i for i, iid in enumerate(ids)} for name, ids in self._ids.items()}
 
     @staticmethod
     def _item_id(task: str, index: int, doc) -> str:
@@ -117,13 +119,13 @@ class TaskSuite:
             unknown = [t for t in items if t not in self._ids]
             if unknown:
                 raise ValueError(f"items given for task(s) {unknown} outside this suite {self.tasks}")
-            index = {t: {iid: i for i, iid in enumerate(self._ids[t])} for t in items}
             samples = {}
             for t, ids in items.items():
-                bad = [iid for iid in ids if iid not in index[t]]
+                index = self._index[t]
+                bad = [iid for iid in ids if iid not in index]
                 if bad:
                     raise ValueError(f"task {t}: unknown item id(s) {bad[:5]}")
-                samples[t] = sorted(index[t][iid] for iid in ids)
+                samples[t] = sorted(index[iid] for iid in ids)
             task_dict = {t: self.task_dict[t] for t in items if samples[t]}
             samples = {t: s for t, s in samples.items() if s}
             if not task_dict:
