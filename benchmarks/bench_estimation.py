@@ -39,28 +39,22 @@ GENOME = {"method": "dare_ties", "parameters": {"weight": [0.0, 1.0], "density":
 
 def evaluate_test_merges(world, store, n_test: int, seed: int, eval_opts: dict) -> float:
     """Held-out merges: genome vectors from their own seed stream (disjoint from the calibration's)."""
-    from merge3.calibration import _n_layers
-    from merge3.evaluation.lmeval import EvalOptions, TaskSuite
-    from merge3.genome import Genome
+    from merge3.scoring import CandidateScorer, ScorerSpec
 
     ids = [f"test-{j:03d}" for j in range(n_test)]
     todo = [j for j, m in enumerate(ids) if m not in store]
     if not todo:
         return 0.0
-    from merge3.merging.materializer import Materializer
-
-    models = [str(p) for p in world.endpoints.values()]
-    g = Genome.from_config(GENOME, len(models), _n_layers(world.base))
+    scorer = CandidateScorer(ScorerSpec(
+        base=str(world.base), models=[str(p) for p in world.endpoints.values()], genome=GENOME,
+        tasks=world.task_names, include_path=str(world.tasks_dir), evaluation=eval_opts, fitness="full",
+        device="cpu", cache_dir=str(world.root)))
     rng = np.random.default_rng([seed, 424242])
-    xs = [rng.random(g.dim) for _ in ids]
-    suite = TaskSuite(world.task_names, include_path=world.tasks_dir, options=EvalOptions.from_dict(eval_opts),
-                      cache_dir=world.root)
-    mat = Materializer(str(world.base), models, device="cpu")
-    lm = suite.wrap_model(mat.model, mat.tokenizer)
+    xs = [rng.random(scorer.genome.dim) for _ in ids]
     t0 = time.time()
     for j in todo:
-        mat.apply(g.decode(xs[j], base=str(world.base), models=models, seed=seed * 7 + 1000 + j))
-        store.add(ids[j], suite.evaluate(lm), {"kind": "test_merge", "x": [float(v) for v in xs[j]]})
+        store.add(ids[j], scorer.answer(scorer.recipe(xs[j], seed * 7 + 1000 + j)),
+                  {"kind": "test_merge", "x": [float(v) for v in xs[j]]})
         print(f"  test merge {j + 1}/{n_test} evaluated", flush=True)
     return time.time() - t0
 
@@ -84,7 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "estimation.json"))
     a = ap.parse_args(argv)
 
-    from merge3.calibration import Calibration, calibrate, evaluate_population
+    from merge3.calibration import Calibration, CalibrationConfig, calibrate, evaluate_population
     from merge3.evaluation.store import ResponseStore
     from merge3.irt import ESTIMATORS, estimate, select_anchors
     from merge3.world import resolve_world
@@ -109,8 +103,8 @@ def main(argv=None) -> int:
         print(f"cached evaluations only: {a.n_cal} calibration merges, {a.n_test} test merges", flush=True)
     else:
         print(f"world {world.root}; evaluating the calibration population ({3 + 1 + a.n_cal} models)", flush=True)
-        evaluate_population(cal_cfg, cal_store, cal_cfg["base"], cal_cfg["endpoints"], cal_cfg["tasks"],
-                            cal_cfg["include_path"], a.seed, log=lambda m: print("  " + m, flush=True))
+        evaluate_population(CalibrationConfig.from_dict(cal_cfg), cal_store,
+                            log=lambda m: print("  " + m, flush=True))
         print(f"evaluating {a.n_test} held-out merges", flush=True)
         evaluate_test_merges(world, test_store, a.n_test, a.seed, eval_opts)
 

@@ -67,17 +67,12 @@ class TrueScorer:
     """Full-benchmark scores of logged candidates, re-created exactly from (genome, merge seed); cached."""
 
     def __init__(self, world, models: list[str]):
-        from merge3.evaluation.lmeval import EvalOptions, TaskSuite
-        from merge3.genome import Genome
-        from merge3.merging.materializer import Materializer
+        from merge3.scoring import CandidateScorer, ScorerSpec
 
-        self.world = world
-        self.models = [str(world.model(m)) for m in models]
-        self.mat = Materializer(world.base, self.models, device="cpu")
-        self.genome = Genome.from_config(GENOME, len(self.models), self.mat.n_layers)
-        self.suite = TaskSuite(world.task_names, include_path=world.tasks_dir,
-                               options=EvalOptions(device="cpu", batch_size=64), cache_dir=world.root)
-        self.lm = self.suite.wrap_model(self.mat.model, self.mat.tokenizer)
+        self.scorer = CandidateScorer(ScorerSpec(
+            base=str(world.base), models=[str(world.model(m)) for m in models], genome=GENOME,
+            tasks=world.task_names, include_path=str(world.tasks_dir),
+            evaluation={"device": "cpu", "batch_size": 64}, fitness="full", device="cpu", cache_dir=str(world.root)))
         self.cache: dict = {}
 
     def score(self, genome: list[float], seed: int, tasks: list[str]) -> dict[str, float]:
@@ -85,8 +80,8 @@ class TrueScorer:
 
         key = (tuple(round(g, 12) for g in genome), seed, tuple(tasks))
         if key not in self.cache:
-            self.mat.apply(self.genome.decode(genome, base=str(self.world.base), models=self.models, seed=seed))
-            acc = accuracy(self.suite.evaluate(self.lm, {t: self.suite.item_ids(t) for t in tasks}))
+            s = self.scorer
+            acc = accuracy(s.answer(s.recipe(genome, seed), {t: s.suite.item_ids(t) for t in tasks}))
             self.cache[key] = {t: acc[t] for t in tasks}
         return self.cache[key]
 
@@ -242,13 +237,13 @@ def paper_table(world, scorer: TrueScorer, runs: list[dict]) -> list[dict]:
 
     rows = []
     tasks = world.task_names
+    s = scorer.scorer
     for name in ["base", "math_en", "lang_vl", "facts_en"]:
-        acc = accuracy(scorer.suite.evaluate(scorer.suite.wrap_model(world.model(name))))
+        acc = accuracy(s.answer_model(str(world.model(name))))
         rows.append({"model": name, **{t: acc[t] for t in tasks}})
-    n = len(scorer.models)
-    scorer.mat.apply(MergeRecipe(method="task_arithmetic", base_model=str(world.base), models=scorer.models,
-                                 parameters={"lambda": 1.0}, model_parameters=[{"weight": 1 / n}] * n))
-    acc = accuracy(scorer.suite.evaluate(scorer.lm))
+    n = len(s.spec.models)
+    acc = accuracy(s.answer(MergeRecipe(method="task_arithmetic", base_model=str(world.base), models=s.spec.models,
+                                        parameters={"lambda": 1.0}, model_parameters=[{"weight": 1 / n}] * n)))
     rows.append({"model": "uniform task arithmetic", **{t: acc[t] for t in tasks}})
     for f in FITNESSES:
         single = [r for r in runs if r["mode"] == "single" and r["fitness"] == f]

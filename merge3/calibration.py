@@ -11,15 +11,17 @@ every item, fits item parameters with py-irt, and writes a calibration directory
 
 The directory appears only when complete (written into a temporary sibling, then renamed). Evaluations go into
 ``.<name>.partial/responses.jsonl`` first, durably, so an interrupted calibration resumes where it stopped.
+The population is scored by :class:`merge3.scoring.CandidateScorer`, in this process or on any worker pool
+the caller passes (the search passes its Ray workers). The data model the estimators read is
+:class:`merge3.irt.Calibration`.
 
 Design choices (see README, Calibration):
 * One joint multidimensional 2PL over all tasks (``irt.model_type: multidim_2pl``, ``irt.dim: 3`` by default):
   the tasks share skills (arithmetic in two languages, the second language itself), and one ability vector per
   model lets anchors of every task inform each task's estimate. ``2pl`` is one scalar ability.
-* py-irt's SVI leaves discriminations shrunk towards its hierarchical prior on populations of tens of models
-  (in-sample accuracy errors of 6+ points on the micro world); ``irt.refine_iters`` (default 100) polishes its
-  solution to the joint MAP with batched Newton steps (``merge3.irt.fit.refine_map``), which cut the held-out
-  estimation error by a third there. Set it to 0 for py-irt's parameters as they come.
+* py-irt's SVI leaves discriminations shrunk towards its hierarchical prior on populations of tens of models;
+  ``irt.refine_iters`` (default 100) polishes its solution to the joint MAP with batched Newton steps
+  (``merge3.irt.fit.refine_map``). Set it to 0 for py-irt's parameters as they come.
 * A fraction of the random merges (``irt.validation_fraction``) is held out of the item fit; the gp-IRT and
   gmp-IRT mixing weights are set from the estimators' errors on them, so the weights see out-of-sample error.
 * Abilities (endpoints included) are re-fitted by MAP on each model's full responses with the item parameters
@@ -28,269 +30,187 @@ Design choices (see README, Calibration):
 
 from __future__ import annotations
 
-from .yamlfile import read_yaml_mapping
-
+import dataclasses
 import json
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .evaluation.store import ResponseStore
-from .irt.anchors import Anchors, select_anchors
-from .irt.fit import fit_ability, fit_irt
+from .irt.anchors import METHODS as ANCHOR_METHODS, select_anchors
+from .irt.calibration import DEFAULT_ESTIMATOR_SETTINGS, Calibration
+from .irt.fit import fit_ability, fit_irt, refine_map, response_matrix
 from .irt.params import ItemParams
+from .scoring import CandidateJob, CandidateScorer, ModelJob, ScorerSpec
+from .yamlfile import read_yaml_mapping
 
-CONFIG_KEYS = {
-    "world": "micro, small, or the path of a built world (gives base, endpoints, tasks, include_path)",
-    "base": "base model path (overrides the world's)",
-    "endpoints": "endpoint model paths: a list, or {name: path} (overrides the world's)",
-    "tasks": "lm-eval task names (overrides the world's)",
-    "include_path": "directory of lm-eval task YAML files (overrides the world's)",
-    "n_random_merges": "random merges from the genome added to the population (default 20)",
-    "genome": "the search genome, e.g. {method: dare_ties, parameters: {weight: [0, 1], density: [0.1, 1]}}",
-    "irt": "{model_type: multidim_2pl|2pl, dim: 3, epochs: 400, lr: 0.1, validation_fraction: 0.2, refine_iters: 100}",
-    "estimators": "{gmp_weight: auto|0..1, gp_weight: auto|0..1, mp_include_base: true}",
-    "anchors": "default anchors stored with the calibration: {method: random, n: 20, seed: 0}",
-    "seed": "seed for random merges, IRT fit, split and anchors (default 0)",
-    "eval": "lm-eval options (merge3.evaluation.lmeval.EvalOptions: batch_size, num_fewshot, device, ...)",
-    "import_responses": "response files (.jsonl ResponseStores) whose models join the population unevaluated",
-    "import_item_params": "item parameter file (.npz/.json) or calibration directory: skip the IRT fit",
-    "out": "calibration directory when --out is not given (relative to the config file)",
-}
+__all__ = ["Calibration", "CalibrationConfig", "calibrate", "calibrate_from_file", "evaluate_population",
+           "random_merge_genomes"]
 
-DEFAULT_IRT = {"model_type": "multidim_2pl", "dim": 3, "epochs": 400, "lr": 0.1, "validation_fraction": 0.2,
-               "refine_iters": 100}
-DEFAULT_EST = {"gmp_weight": "auto", "gp_weight": "auto", "mp_include_base": True}
-DEFAULT_ANCHORS = {"method": "random", "n": 20, "seed": None}
+IRT_DEFAULTS = {"model_type": "multidim_2pl", "dim": 3, "epochs": 400, "lr": 0.1, "validation_fraction": 0.2,
+                "refine_iters": 100}
+IRT_MODELS = ("2pl", "multidim_2pl")
+DEFAULT_RANDOM_MERGES = 12
 
 
-def anchors_key(anchors) -> tuple:
-    """Cache identity of any anchors-like object (``items`` and ``weights`` per task)."""
-    return tuple((t, tuple(anchors.items[t]), tuple(round(float(w), 12) for w in anchors.weights[t]))
-                 for t in sorted(anchors.items))
+def check_irt_settings(irt: dict, where: str = "irt") -> dict:
+    """``irt`` with defaults filled in; unknown settings and bad values are errors naming ``where``."""
+    out = {**IRT_DEFAULTS, **(irt or {})}
+    bad = sorted(set(out) - set(IRT_DEFAULTS) - {"priors"})
+    if bad:
+        raise ValueError(f"config key {where!r}: unknown setting(s) {bad}; known: {sorted(IRT_DEFAULTS)}")
+    if out["model_type"] not in IRT_MODELS:
+        raise ValueError(f"config key '{where}.model_type': expected {' or '.join(IRT_MODELS)}, "
+                         f"got {out['model_type']!r}")
+    for k in ("dim", "epochs", "refine_iters"):
+        if not isinstance(out[k], int) or isinstance(out[k], bool) or out[k] < (1 if k == "dim" else 0):
+            raise ValueError(f"config key '{where}.{k}': expected a {'positive' if k == 'dim' else 'non-negative'} "
+                             f"integer, got {out[k]!r}")
+    if not isinstance(out["lr"], (int, float)) or not out["lr"] > 0:
+        raise ValueError(f"config key '{where}.lr': expected a positive number, got {out['lr']!r}")
+    vf = out["validation_fraction"]
+    if not isinstance(vf, (int, float)) or not 0 <= vf < 1:
+        raise ValueError(f"config key '{where}.validation_fraction': expected a number in [0, 1), got {vf!r}")
+    return out
 
 
-class Calibration:
-    """What the estimators and anchor methods read; ``Calibration.load(dir)`` or built in memory (tests)."""
+def _doc(text: str, default=None):
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
 
-    def __init__(self, item_params: ItemParams, abilities: dict[str, list], endpoints: list[str],
-                 base: str | None = None, train_models: list[str] | None = None,
-                 validation_models: list[str] | None = None, store: ResponseStore | None = None,
-                 settings: dict | None = None, cost: dict | None = None, root: Path | None = None,
-                 config: dict | None = None):
-        self.item_params = item_params
-        self.abilities = {m: np.asarray(v, dtype=np.float64) for m, v in abilities.items()}
-        missing = [e for e in endpoints + ([base] if base else []) if e not in self.abilities]
-        if missing:
-            raise ValueError(f"calibration has no ability for model(s) {missing}")
-        self.endpoints = list(endpoints)
-        self.base = base
-        self.train_models = list(train_models or [m for m in self.abilities])
-        self.validation_models = list(validation_models or [])
-        self.store = store
-        self.settings = {**DEFAULT_EST, **(settings or {})}
-        self.cost = dict(cost or {})
-        self.root = root
-        self.config = dict(config or {})
-        self.tasks = item_params.task_names()
-        self.n_items = {t: int(len(item_params.rows(t))) for t in self.tasks}
-        pop = np.array([self.abilities[m] for m in self.train_models])
-        # Candidates' ability prior: the calibration population's spread (a merge lies among its parents).
-        self.ability_prior_mean = pop.mean(axis=0) if len(pop) else np.zeros(item_params.dim)
-        self.ability_prior_sd = float(max(0.5, np.sqrt(np.mean(pop.var(axis=0)))) if len(pop) > 1 else 1.0)
-        # mp-IRT's prior on the combination weights, the same way: the population's own weights
-        # (least squares theta_m ~ Theta_E lambda_m), so mp-IRT and IRT are regularized alike.
-        E = self.endpoint_matrix()
-        lams = np.array([np.linalg.lstsq(E, self.abilities[m], rcond=None)[0] for m in self.train_models]) \
-            if len(pop) > 1 else np.zeros((0, E.shape[1]))
-        self.mp_prior_mean = lams.mean(axis=0) if len(lams) > 1 else np.full(E.shape[1], 1.0 / E.shape[1])
-        self.mp_prior_sd = float(max(0.25, np.sqrt(np.mean(lams.var(axis=0))))) if len(lams) > 1 else 1.0
-        self._layouts: dict = {}
-        self._weights: dict = {}
 
-    # -- what the estimators read -------------------------------------------------------------------------
-    def endpoint_matrix(self) -> np.ndarray:
-        """d x K: the abilities mp-IRT combines (the endpoints, and the base when mp_include_base)."""
-        names = list(self.endpoints)
-        if self.settings.get("mp_include_base", True) and self.base and self.base not in names:
-            names.append(self.base)
-        return np.column_stack([self.abilities[n] for n in names])
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """A calibration config (``merge3 calibrate`` YAML); the search's ``auto`` calibration builds one too."""
 
-    def layout(self, anchors) -> dict:
-        """Per task: (all rows, rows not among the anchors), cached per anchor set."""
-        key = anchors_key(anchors)
-        if key not in self._layouts:
-            out = {}
-            for t, ids in anchors.items.items():
-                all_rows = self.item_params.rows(t)
-                anchor_rows = self.item_params.rows(t, ids)
-                out[t] = (all_rows, np.setdiff1d(all_rows, anchor_rows))
-            self._layouts[key] = out
-        return self._layouts[key]
+    world: str | None = _doc("micro, small, or the path of a built world (gives base, endpoints, tasks, "
+                             "include_path)")
+    base: str | None = _doc("base model path (overrides the world's)")
+    endpoints: list | dict | None = _doc("endpoint model paths: a list, or {name: path} (overrides the world's)")
+    tasks: list | None = _doc("lm-eval task names (overrides the world's)")
+    include_path: str | None = _doc("directory of lm-eval task YAML files (overrides the world's)")
+    n_random_merges: int = _doc(f"random merges from the genome added to the population (default "
+                                f"{DEFAULT_RANDOM_MERGES})", DEFAULT_RANDOM_MERGES)
+    genome: dict | None = _doc("the search genome, e.g. {method: dare_ties, parameters: {weight: [0, 1], "
+                               "density: [0.1, 1]}}")
+    irt: dict = _doc("{model_type: multidim_2pl|2pl, dim: 3, epochs: 400, lr: 0.1, validation_fraction: 0.2, "
+                     "refine_iters: 100}", {})
+    estimators: dict = _doc("{gmp_weight: auto|0..1, gp_weight: auto|0..1, mp_include_base: true}", {})
+    anchors: dict = _doc("default anchors stored with the calibration: {method: random, n: 20, seed: 0}", {})
+    seed: int = _doc("seed for random merges, IRT fit, split and anchors (default 0)", 0)
+    eval: dict = _doc("lm-eval options (merge3.evaluation.lmeval.EvalOptions: batch_size, num_fewshot, "
+                      "device, ...)", {})
+    import_responses: list = _doc("response files (.jsonl ResponseStores) whose models join the population "
+                                  "unevaluated", [])
+    import_item_params: str | None = _doc("item parameter file (.npz/.json) or calibration directory: skip the "
+                                          "IRT fit")
+    out: str | None = _doc("calibration directory when --out is not given (relative to the config file)")
 
-    def population_matrix(self, task: str, item_ids: list[str]) -> np.ndarray:
-        """Training population x items 0/1 (for correctness clustering)."""
-        if self.store is None:
-            raise ValueError("correctness clustering needs the calibration's responses (responses.jsonl)")
-        _, _, Y = self.store.matrix(task, models=self.train_models, item_ids=item_ids)
-        return Y
-
-    def mixing_weight(self, estimator: str, anchors, task: str) -> float:
-        """delta of gp-IRT / gmp-IRT for this anchor set and task (fixed in settings, or b^2 / (b^2 + v))."""
-        fixed = self.settings.get("gp_weight" if estimator == "gpirt" else "gmp_weight", "auto")
-        if fixed != "auto":
-            return float(fixed)
-        key = (estimator, anchors_key(anchors))
-        if key not in self._weights:
-            self._weights[key] = self._fit_weights(estimator, anchors)
-        return self._weights[key].get(task, 0.5)
-
-    def _fit_weights(self, estimator: str, anchors) -> dict[str, float]:
-        from .irt.estimators import estimate
-
-        base_est = "pirt" if estimator == "gpirt" else "mpirt"
-        models = self.validation_models or self.train_models  # in-sample when nothing was held out
-        if self.store is None or not models:
-            return {t: 0.5 for t in anchors.items}
-        err2 = {t: [] for t in anchors.items}
-        var = {t: [] for t in anchors.items}
-        for m in models:
-            full = self.store.get(m)
-            tasks = [t for t in anchors.items if t in full]
-            resp = {t: {i: full[t][i] for i in anchors.items[t]} for t in tasks}
-            est = estimate(base_est, resp, self, anchors)
-            for t in tasks:
-                z = float(np.mean(list(full[t].values())))
-                n, N = len(anchors.items[t]), self.n_items[t]
-                w = np.asarray(anchors.weights[t])
-                err2[t].append((est[t] - z) ** 2)
-                # variance of the anchor estimate: Bernoulli(z) answers, finite-population corrected
-                var[t].append(z * (1 - z) * float(np.sum(w ** 2)) * (N - n) / max(N - 1, 1))
-        out = {}
-        for t in anchors.items:
-            if not err2[t]:
-                out[t] = 0.5
-                continue
-            b2, v = float(np.mean(err2[t])), float(np.mean(var[t]))
-            out[t] = b2 / (b2 + v) if b2 + v > 0 else 0.5
-        return out
-
-    # -- files ----------------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path) -> "Calibration":
-        root = Path(path)
-        meta_path = root / "calibration.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{root}: not a calibration directory (no calibration.json); "
-                                    "make one with `merge3 calibrate CONFIG`")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{meta_path}: malformed ({exc})") from None
-        store = ResponseStore(root / "responses.jsonl") if (root / "responses.jsonl").is_file() else None
-        try:
-            return cls(ItemParams.load(root), meta["abilities"], meta["endpoints"], base=meta.get("base"),
-                       train_models=meta.get("train_models"), validation_models=meta.get("validation_models"),
-                       store=store, settings=meta.get("estimators"), cost=meta.get("cost"), root=root,
-                       config=meta.get("config"))
-        except KeyError as exc:
-            raise ValueError(f"{meta_path}: missing key {exc}") from None
+    def keys(cls) -> dict[str, str]:
+        return {f.name: f.metadata["doc"] for f in dataclasses.fields(cls)}
 
-    def default_anchors(self) -> Anchors | None:
-        p = self.root / "anchors.json" if self.root else None
-        return Anchors.load(p) if p and p.is_file() else None
+    @classmethod
+    def from_dict(cls, raw: dict) -> "CalibrationConfig":
+        """Checks every key and value (one line naming the key), fills defaults."""
+        unknown = sorted(set(raw) - set(cls.keys()))
+        if unknown:
+            raise ValueError(f"calibration config: unknown key(s) {unknown}; known: {sorted(cls.keys())}")
+        d = {k: v for k, v in raw.items() if v is not None}
+        if isinstance(d.get("import_responses"), str):
+            d["import_responses"] = [d["import_responses"]]
+        d["irt"] = check_irt_settings(d.get("irt") or {})
+        n = d.get("n_random_merges", DEFAULT_RANDOM_MERGES)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"calibration config key 'n_random_merges': expected a non-negative integer, got {n!r}")
+        if n > 0 and not d.get("genome"):
+            raise ValueError("calibration config: `n_random_merges` > 0 needs `genome` (the search genome)")
+        est = {**DEFAULT_ESTIMATOR_SETTINGS, **(d.get("estimators") or {})}
+        for k in ("gmp_weight", "gp_weight"):
+            v = est[k]
+            if v != "auto" and not (isinstance(v, (int, float)) and 0 <= v <= 1):
+                raise ValueError(f"calibration config key 'estimators.{k}': expected auto or a number in [0, 1]")
+        d["estimators"] = est
+        anchors = {"method": "random", "n": 20, "seed": None, **(d.get("anchors") or {})}
+        if anchors["method"] not in ANCHOR_METHODS:
+            raise ValueError(f"calibration config key 'anchors.method': expected one of "
+                             f"{', '.join(ANCHOR_METHODS)}, got {anchors['method']!r}")
+        d["anchors"] = anchors
+        return cls(**d)
 
+    def relative_to(self, here: Path) -> "CalibrationConfig":
+        """Paths in the config taken relative to ``here`` (the config file's directory)."""
+        def rel(p):
+            return str(p) if Path(p).is_absolute() else str(here / p)
 
-# ----------------------------------------------------------------------------------------------- calibrate
+        endpoints = self.endpoints
+        if isinstance(endpoints, list):
+            endpoints = [rel(p) for p in endpoints]
+        elif isinstance(endpoints, dict):
+            endpoints = {k: rel(p) for k, p in endpoints.items()}
+        return dataclasses.replace(
+            self, base=self.base and rel(self.base), include_path=self.include_path and rel(self.include_path),
+            import_item_params=self.import_item_params and rel(self.import_item_params),
+            world=self.world if self.world in (None, "micro", "small") else rel(self.world),
+            endpoints=endpoints, import_responses=[rel(p) for p in self.import_responses])
+
 
 def calibrate_from_file(config_path: str | Path, out_dir: str | Path | None = None) -> Path:
     config_path = Path(config_path)
-    cfg = read_yaml_mapping(config_path, "calibration config")
     here = config_path.resolve().parent
-
-    def rel(p):
-        return str(p) if Path(p).is_absolute() else str(here / p)
-
-    for k in ("base", "include_path", "import_item_params"):
-        if cfg.get(k):
-            cfg[k] = rel(cfg[k])
-    if cfg.get("world") and cfg["world"] not in ("micro", "small"):
-        cfg["world"] = rel(cfg["world"])
-    if isinstance(cfg.get("endpoints"), list):
-        cfg["endpoints"] = [rel(p) for p in cfg["endpoints"]]
-    elif isinstance(cfg.get("endpoints"), dict):
-        cfg["endpoints"] = {k: rel(p) for k, p in cfg["endpoints"].items()}
-    if cfg.get("import_responses"):
-        imp = cfg["import_responses"]
-        cfg["import_responses"] = [rel(p) for p in ([imp] if isinstance(imp, str) else imp)]
+    cfg = CalibrationConfig.from_dict(read_yaml_mapping(config_path, "calibration config")).relative_to(here)
     if out_dir is None:
-        out_dir = rel(cfg["out"]) if cfg.get("out") else Path("calibrations") / config_path.stem
+        out_dir = (cfg.out if Path(cfg.out).is_absolute() else here / cfg.out) if cfg.out else \
+            Path("calibrations") / config_path.stem
     return calibrate(cfg, out_dir)
 
 
-def _resolve_models(cfg: dict):
-    """(base path, {endpoint name: path}, tasks, include_path) from the world and/or explicit keys."""
-    base = endpoints = tasks = include = None
-    if cfg.get("world"):
-        from .world import resolve_world
+@dataclass(frozen=True)
+class Population:
+    """Who is calibrated on what: base path, {endpoint name: path}, tasks, include path."""
 
-        w = resolve_world(str(cfg["world"]))
-        base, endpoints, tasks, include = str(w.base), {k: str(v) for k, v in w.endpoints.items()}, \
-            list(w.task_names), str(w.tasks_dir)
-    if cfg.get("base"):
-        base = str(cfg["base"])
-    if cfg.get("endpoints"):
-        eps = cfg["endpoints"]
-        if isinstance(eps, dict):
-            endpoints = {str(k): str(v) for k, v in eps.items()}
-        else:
-            endpoints = {}
-            for p in eps:
-                name = Path(p).name or str(p)
-                while name in endpoints or name == "base":
-                    name += "_"
-                endpoints[name] = str(p)
-    if cfg.get("tasks"):
-        tasks = list(cfg["tasks"])
-    if cfg.get("include_path"):
-        include = str(cfg["include_path"])
-    if not tasks:
-        raise ValueError("calibration config: give `world` or `tasks`")
-    if base is None and not cfg.get("import_item_params") and not cfg.get("import_responses"):
-        raise ValueError("calibration config: give `world` or `base` (and `endpoints`)")
-    return base, endpoints or {}, tasks, include
+    base: str | None
+    endpoints: dict[str, str]
+    tasks: list[str]
+    include_path: str | None
 
+    @classmethod
+    def of(cls, cfg: CalibrationConfig) -> "Population":
+        base = endpoints = tasks = include = None
+        if cfg.world:
+            from .world import resolve_world
 
-def _check_config(cfg: dict) -> None:
-    unknown = sorted(set(cfg) - set(CONFIG_KEYS))
-    if unknown:
-        raise ValueError(f"calibration config: unknown key(s) {unknown}; known: {sorted(CONFIG_KEYS)}")
-    irt = {**DEFAULT_IRT, **(cfg.get("irt") or {})}
-    bad = sorted(set(irt) - set(DEFAULT_IRT) - {"priors"})
-    if bad:
-        raise ValueError(f"calibration config key 'irt': unknown setting(s) {bad}; known: {sorted(DEFAULT_IRT)}")
-    if irt["model_type"] not in ("2pl", "multidim_2pl"):
-        raise ValueError(f"calibration config key 'irt.model_type': expected 2pl or multidim_2pl, got {irt['model_type']!r}")
-    if not (0 <= float(irt["validation_fraction"]) < 1):
-        raise ValueError("calibration config key 'irt.validation_fraction': expected a number in [0, 1)")
-    n = cfg.get("n_random_merges", 20)
-    if not isinstance(n, int) or n < 0:
-        raise ValueError(f"calibration config key 'n_random_merges': expected a non-negative integer, got {n!r}")
-    if n > 0 and not cfg.get("genome"):
-        raise ValueError("calibration config: `n_random_merges` > 0 needs `genome` (the search genome)")
-    est = {**DEFAULT_EST, **(cfg.get("estimators") or {})}
-    for k in ("gmp_weight", "gp_weight"):
-        v = est[k]
-        if v != "auto" and not (isinstance(v, (int, float)) and 0 <= v <= 1):
-            raise ValueError(f"calibration config key 'estimators.{k}': expected auto or a number in [0, 1]")
+            w = resolve_world(str(cfg.world))
+            base, endpoints, tasks, include = str(w.base), {k: str(v) for k, v in w.endpoints.items()}, \
+                list(w.task_names), str(w.tasks_dir)
+        if cfg.base:
+            base = str(cfg.base)
+        if cfg.endpoints:
+            eps = cfg.endpoints
+            endpoints = {str(k): str(v) for k, v in eps.items()} if isinstance(eps, dict) else endpoint_names(eps)
+        tasks = list(cfg.tasks) if cfg.tasks else tasks
+        include = str(cfg.include_path) if cfg.include_path else include
+        if not tasks:
+            raise ValueError("calibration config: give `world` or `tasks`")
+        if base is None and not cfg.import_item_params and not cfg.import_responses:
+            raise ValueError("calibration config: give `world` or `base` (and `endpoints`)")
+        return cls(base, endpoints or {}, tasks, include)
 
 
-def _n_layers(base: str) -> int:
-    cfg = json.loads((Path(base) / "config.json").read_text())
-    return int(cfg.get("num_hidden_layers") or cfg.get("n_layer") or cfg.get("num_layers"))
+def endpoint_names(paths: list[str]) -> dict[str, str]:
+    """{name: path} for endpoints given as paths: the folder name, made unique (and never ``base``)."""
+    out: dict[str, str] = {}
+    for p in paths:
+        name = Path(p).name or str(p)
+        while name in out or name == "base":
+            name += "_"
+        out[name] = str(p)
+    return out
 
 
 def random_merge_genomes(genome_cfg: dict, n_models: int, n_layers: int, n: int, seed: int):
@@ -302,85 +222,122 @@ def random_merge_genomes(genome_cfg: dict, n_models: int, n_layers: int, n: int,
     return g, [rng.random(g.dim) for _ in range(n)]
 
 
-def evaluate_population(cfg: dict, store: ResponseStore, base, endpoints: dict, tasks, include, seed: int,
-                        log=print) -> dict:
-    """Evaluates every population model missing from ``store`` on all items; returns cost counters."""
-    from .evaluation.lmeval import EvalOptions, TaskSuite
+def population_jobs(cfg: CalibrationConfig, pop: Population, store: ResponseStore) -> list[tuple[str, object, dict]]:
+    """(model id, job, store metadata) for every population member ``store`` lacks, in a fixed order."""
+    from .genome import n_layers_of
 
-    n_merges = int(cfg.get("n_random_merges", 20))
-    wanted = ([("base", base)] if base else []) + list(endpoints.items())
-    todo = [(name, path) for name, path in wanted if name not in store]
-    merge_ids = [f"merge-{j:03d}" for j in range(n_merges)]
-    todo_merges = [j for j, mid in enumerate(merge_ids) if mid not in store]
+    jobs = []
+    wanted = ([("base", pop.base)] if pop.base else []) + list(pop.endpoints.items())
+    for k, (name, path) in enumerate(wanted):
+        if name not in store:
+            jobs.append((name, ModelJob(index=k, name=name, path=str(path)),
+                         {"kind": "base" if name == "base" else "endpoint", "path": str(path)}))
+    if cfg.n_random_merges:
+        _, xs = random_merge_genomes(cfg.genome, len(pop.endpoints), n_layers_of(pop.base), cfg.n_random_merges,
+                                     cfg.seed)
+        for j, x in enumerate(xs):
+            name = f"merge-{j:03d}"
+            if name not in store:
+                job = CandidateJob(generation=-1, index=len(wanted) + j, x=tuple(float(v) for v in x),
+                                   seed=cfg.seed * 100003 + j, full_responses=True)
+                jobs.append((name, job, {"kind": "random_merge", "x": list(job.x), "index": j}))
+    return jobs
+
+
+def population_scorer_spec(cfg: CalibrationConfig, pop: Population, cache_dir) -> ScorerSpec:
+    return ScorerSpec(base=pop.base, models=list(pop.endpoints.values()), genome=cfg.genome, tasks=pop.tasks,
+                      include_path=pop.include_path, evaluation=dict(cfg.eval), fitness="full",
+                      device=cfg.eval.get("device"), cache_dir=str(cache_dir))
+
+
+def evaluate_population(cfg: CalibrationConfig, store: ResponseStore, pool=None, log=print) -> dict:
+    """Evaluates every population model missing from ``store`` on all items (on ``pool``, or in this process);
+    returns cost counters. Each answer is stored durably as soon as it arrives."""
+    pop = Population.of(cfg)
+    jobs = population_jobs(cfg, pop, store)
     cost = {"models_evaluated": 0, "items_evaluated": 0, "eval_seconds": 0.0}
-    if not todo and not todo_merges:
+    if not jobs:
         return cost
-    suite = TaskSuite(tasks, include_path=include, options=EvalOptions.from_dict(cfg.get("eval")),
-                      cache_dir=store.path.parent)
+    if pool is None:
+        scorer = CandidateScorer(population_scorer_spec(cfg, pop, store.path.parent))
+        results = (scorer.score(job) for _, job, _ in jobs)
+    else:
+        results = pool.run([job for _, job, _ in jobs])
+    by_index = {job.index: (name, meta) for name, job, meta in jobs}
     t0 = time.time()
-    for name, path in todo:
-        lm = suite.wrap_model(path)
-        resp = suite.evaluate(lm)
-        store.add(name, resp, {"kind": "base" if name == "base" else "endpoint", "path": str(path)})
+    for res in results:
+        name, meta = by_index[res.index]
+        if res.status != "ok" or not res.responses:
+            raise RuntimeError(f"calibration model {name}: {res.error}")
+        store.add(name, res.responses, meta)
         cost["models_evaluated"] += 1
-        cost["items_evaluated"] += sum(len(r) for r in resp.values())
-        log(f"calibration: evaluated {name}")
-        del lm
-    if todo_merges:
-        from .merging.materializer import Materializer
-
-        models = list(endpoints.values())
-        g, xs = random_merge_genomes(cfg["genome"], len(models), _n_layers(base), n_merges, seed)
-        mat = Materializer(base, models, device=(cfg.get("eval") or {}).get("device") or "cpu")
-        lm = suite.wrap_model(mat.model, mat.tokenizer)
-        for j in todo_merges:
-            recipe = g.decode(xs[j], base=str(base), models=models, seed=seed * 100003 + j)
-            mat.apply(recipe)
-            resp = suite.evaluate(lm)
-            store.add(merge_ids[j], resp, {"kind": "random_merge", "x": [float(v) for v in xs[j]], "index": j})
-            cost["models_evaluated"] += 1
-            cost["items_evaluated"] += sum(len(r) for r in resp.values())
-            log(f"calibration: evaluated random merge {j + 1}/{n_merges}")
+        cost["items_evaluated"] += res.items_evaluated
+        log(f"calibration: evaluated {name} ({cost['models_evaluated']}/{len(jobs)})")
     cost["eval_seconds"] = time.time() - t0
     return cost
 
 
-def calibrate(config: dict, out_dir: str | Path, log=None) -> Path:
-    """Runs a calibration (see module doc) into ``out_dir`` (must not exist) and returns it."""
+def calibrate(config: CalibrationConfig | dict, out_dir: str | Path, pool_factory=None, log=None) -> Path:
+    """Runs a calibration (see module doc) into ``out_dir`` (must not exist, or be empty) and returns it.
+
+    ``pool_factory(spec) -> pool`` evaluates the population elsewhere (e.g. on Ray workers); default: here.
+    """
     log = log or (lambda msg: None)
-    cfg = dict(config)
     out = Path(out_dir)
     if (out / "calibration.json").exists():
         raise FileExistsError(f"{out} already holds a calibration; remove it or choose another --out")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose another --out")
-    _check_config(cfg)
-    seed = int(cfg.get("seed", 0))
-    irt = {**DEFAULT_IRT, **(cfg.get("irt") or {})}
-    base, endpoints, tasks, include = _resolve_models(cfg)
+    cfg = config if isinstance(config, CalibrationConfig) else CalibrationConfig.from_dict(dict(config))
+    pop = Population.of(cfg)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial"  # survives a crash: evaluations are resumed from it
     partial.mkdir(exist_ok=True)
     store = ResponseStore(partial / "responses.jsonl")
-    for src in cfg.get("import_responses") or []:
+    for src in cfg.import_responses:
         if not Path(src).exists():
             raise FileNotFoundError(f"{src}: response file to import not found")
         imported = ResponseStore(src)
         for m in imported.models():
             if m not in store:
                 store.add(m, imported.get(m), {**imported.meta(m), "imported_from": str(src)})
-    cost = evaluate_population(cfg, store, base, endpoints, tasks, include, seed, log=log)
-    prior = (json.loads((partial / "cost.json").read_text()) if (partial / "cost.json").exists() else {})
+    pool = None
+    if pool_factory is not None and population_jobs(cfg, pop, store):
+        pool = pool_factory(population_scorer_spec(cfg, pop, partial))
+    try:
+        cost = evaluate_population(cfg, store, pool=pool, log=log)
+    finally:
+        if pool is not None:
+            pool.close()
+    cost_path = partial / "cost.json"
+    prior = json.loads(cost_path.read_text()) if cost_path.exists() else {}
     cost = {k: prior.get(k, 0) + v for k, v in cost.items()}
-    (partial / "cost.json").write_text(json.dumps(cost))
+    cost_path.write_text(json.dumps(cost))
 
+    params, abilities, split = fit_population(cfg, pop, store, log)
+    cost.update(split.pop("cost"))
+    meta = {"version": 1, "tasks": pop.tasks, "n_items": {t: len(params.rows(t)) for t in pop.tasks},
+            "base": "base" if pop.base else None, "endpoints": list(pop.endpoints),
+            "endpoint_paths": pop.endpoints, "base_path": pop.base, **split, "abilities": abilities,
+            "irt": cfg.irt, "estimators": cfg.estimators, "cost": cost,
+            "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), "created": time.time()}
+    _write(out, params, store, meta, cfg)
+    shutil.rmtree(partial, ignore_errors=True)
+    return out
+
+
+def fit_population(cfg: CalibrationConfig, pop: Population, store: ResponseStore, log):
+    """Item parameters (py-irt, polished) on the training split, and every model's MAP ability."""
+    tasks, irt, seed = pop.tasks, cfg.irt, int(cfg.seed)
     complete = [m for m in store.models() if all(t in store.get(m) for t in tasks)]
-    names = (["base"] if base else []) + list(endpoints)
+    names = (["base"] if pop.base else []) + list(pop.endpoints)
     lacking = [n for n in names if n not in complete]
     if lacking:
         raise ValueError(f"calibration: model(s) {lacking} have no full responses on {tasks}")
-    others = [m for m in complete if m not in names]
+    # this calibration's random merges in index order (whatever order workers finished them), imports after
+    others = sorted((m for m in complete if m not in names), key=lambda m: (not m.startswith("merge-"),
+                                                                             m if m.startswith("merge-") else ""))
     rng = np.random.default_rng([seed, 104729])
     n_val = int(round(float(irt["validation_fraction"]) * len(others)))
     val = sorted(rng.choice(others, size=n_val, replace=False).tolist()) if n_val else []
@@ -388,38 +345,32 @@ def calibrate(config: dict, out_dir: str | Path, log=None) -> Path:
 
     t0 = time.time()
     prior = (0.0, 3.0)  # ability prior for the full-response refits: weak (thousands of answers each)
-    if cfg.get("import_item_params"):
-        params = ItemParams.load(cfg["import_item_params"])
+    if cfg.import_item_params:
+        params = ItemParams.load(cfg.import_item_params)
         missing = [t for t in tasks if t not in params.task_names()]
         if missing:
-            raise ValueError(f"{cfg['import_item_params']}: no item parameters for task(s) {missing}")
+            raise ValueError(f"{cfg.import_item_params}: no item parameters for task(s) {missing}")
     else:
         log(f"calibration: fitting {irt['model_type']} (dim {irt['dim']}) on {len(train)} models")
         params, fitted = fit_irt(store, model_type=irt["model_type"], dim=int(irt["dim"]), epochs=int(irt["epochs"]),
-                            lr=float(irt["lr"]), seed=seed, models=train, tasks=tasks,
-                            **({"priors": irt["priors"]} if "priors" in irt else {}))
+                                 lr=float(irt["lr"]), seed=seed, models=train, tasks=tasks,
+                                 **({"priors": irt["priors"]} if "priors" in irt else {}))
         if int(irt.get("refine_iters") or 0) > 0:
-            from .irt.fit import _as_matrix, refine_map
-
-            _, _, Y = _as_matrix(store, train, tasks)
+            _, _, Y = response_matrix(store, train, tasks)
             params, fitted = refine_map(params, fitted, Y, train, iters=int(irt["refine_iters"]))
         th = np.array(list(fitted.values()))
         prior = (th.mean(axis=0), float(max(1.0, th.std())))  # py-irt's own scale for the abilities
     fit_seconds = time.time() - t0
     # Abilities by MAP with the items fixed: endpoints (mp-IRT's basis) and every population model.
-    abilities = {}
-    for m in complete:
-        full = store.get(m)
-        abilities[m] = fit_ability(params, {t: full[t] for t in tasks}, *prior).tolist()
-    n_items = {t: len(params.rows(t)) for t in tasks}
-    cost.update(fit_seconds=fit_seconds, n_models=len(complete),
-                items_per_model=sum(n_items.values()), items_total=len(complete) * sum(n_items.values()))
-    meta = {"version": 1, "tasks": tasks, "n_items": n_items, "base": "base" if base else None,
-            "endpoints": list(endpoints), "endpoint_paths": endpoints, "base_path": base,
-            "train_models": train, "validation_models": val, "abilities": abilities,
-            "irt": irt, "estimators": {**DEFAULT_EST, **(cfg.get("estimators") or {})}, "cost": cost,
-            "config": _jsonable(cfg), "created": time.time()}
+    abilities = {m: fit_ability(params, {t: store.get(m)[t] for t in tasks}, *prior).tolist() for m in complete}
+    per_model = sum(len(params.rows(t)) for t in tasks)
+    cost = {"fit_seconds": fit_seconds, "n_models": len(complete), "items_per_model": per_model,
+            "items_total": len(complete) * per_model}
+    return params, abilities, {"train_models": train, "validation_models": val, "cost": cost}
 
+
+def _write(out: Path, params: ItemParams, store: ResponseStore, meta: dict, cfg: CalibrationConfig) -> None:
+    """Writes the calibration into a temporary sibling and renames it into place when complete."""
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -428,11 +379,11 @@ def calibrate(config: dict, out_dir: str | Path, log=None) -> Path:
         shutil.copyfile(store.path, tmp / "responses.jsonl")
         (tmp / "calibration.json").write_text(json.dumps(meta, indent=1) + "\n")
         cal = Calibration.load(tmp)
-        a_cfg = {**DEFAULT_ANCHORS, **(cfg.get("anchors") or {})}
-        anchors = select_anchors(a_cfg["method"], int(a_cfg["n"]), cal,
-                                 seed=int(a_cfg["seed"] if a_cfg["seed"] is not None else seed))
+        a = cfg.anchors
+        anchors = select_anchors(a["method"], int(a["n"]), cal, seed=int(a["seed"] if a["seed"] is not None
+                                                                          else cfg.seed))
         anchors.save(tmp / "anchors.json")
-        meta["default_anchor_weights"] = {e: {t: cal.mixing_weight(e, anchors, t) for t in tasks}
+        meta["default_anchor_weights"] = {e: {t: cal.mixing_weight(e, anchors, t) for t in cal.tasks}
                                           for e in ("gpirt", "gmpirt")}
         (tmp / "calibration.json").write_text(json.dumps(meta, indent=1) + "\n")
         if out.exists():
@@ -440,15 +391,3 @@ def calibrate(config: dict, out_dir: str | Path, log=None) -> Path:
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(partial, ignore_errors=True)
-    return out
-
-
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return str(v)

@@ -43,46 +43,51 @@ def demo_config(world: str = "small", quick: bool = False) -> dict:
     return cfg
 
 
-def _endpoint_scores(cfg: dict, run_dir: Path) -> dict:
+def _endpoint_scores(cfg, run_dir: Path) -> dict:
     """Full-benchmark accuracy of the base and each endpoint: from the calibration's full responses when it
     has them (it evaluated them fully), else evaluated here; cached in the run directory."""
     path = run_dir / "endpoint_scores.json"
     if path.exists():
         return json.loads(path.read_text())
+    names = {"base": cfg.base, **{Path(m).name: m for m in cfg.models}}
     scores = {}
-    names = {"base": cfg["base"], **{Path(m).name: m for m in cfg["models"]}}
-    cal = run_dir / "calibration" / "responses.jsonl"
-    if cal.exists():
-        try:
-            from .evaluation.store import ResponseStore
+    cal_dir = run_dir / "calibration"
+    if (cal_dir / "calibration.json").exists():
+        from .irt import Calibration
 
-            store = ResponseStore(cal)
-            meta = json.loads((run_dir / "calibration" / "calibration.json").read_text())
-            by_path = {str(Path(p).resolve()): n for n, p in (meta.get("endpoint_paths") or {}).items()}
-            if meta.get("base_path"):
-                by_path[str(Path(meta["base_path"]).resolve())] = "base"
-            for name, p in names.items():
-                key = by_path.get(str(Path(p).resolve()))
-                if key is not None and key in store:
-                    resp = store.get(key)
-                    scores[name] = {t: sum(resp[t].values()) / len(resp[t]) for t in cfg["tasks"]}
-        except Exception:
-            scores = {}
+        cal = Calibration.load(cal_dir)
+        by_path = {str(Path(p).resolve()): n for n, p in _calibration_paths(cal_dir).items()}
+        for name, p in names.items():
+            key = by_path.get(str(Path(p).resolve()))
+            if cal.store is not None and key is not None and key in cal.store:
+                resp = cal.store.get(key)
+                scores[name] = {t: sum(resp[t].values()) / len(resp[t]) for t in cfg.tasks}
     missing = [n for n in names if n not in scores]
     if missing:
-        from .evaluation.lmeval import EvalOptions, TaskSuite, accuracy
+        from .evaluation.lmeval import accuracy
+        from .scoring import CandidateScorer, ScorerSpec
 
-        suite = TaskSuite(cfg["tasks"], include_path=cfg["include_path"],
-                          options=EvalOptions.from_dict(cfg["evaluation"]), cache_dir=str(run_dir))
+        scorer = CandidateScorer(ScorerSpec(base=cfg.base, models=list(cfg.models), genome=None,
+                                            tasks=list(cfg.tasks), include_path=cfg.include_path,
+                                            evaluation=dict(cfg.evaluation), cache_dir=str(run_dir)))
         for n in missing:
-            scores[n] = accuracy(suite.evaluate(suite.wrap_model(names[n]), items=None))
+            scores[n] = accuracy(scorer.answer_model(names[n]))
     path.write_text(json.dumps(scores, indent=1, sort_keys=True))
     return scores
 
 
+def _calibration_paths(cal_dir: Path) -> dict[str, str]:
+    """{model name: path} of the base and endpoints a calibration evaluated."""
+    meta = json.loads((cal_dir / "calibration.json").read_text())
+    out = dict(meta.get("endpoint_paths") or {})
+    if meta.get("base_path"):
+        out["base"] = meta["base_path"]
+    return out
+
+
 def run_demo(run_dir="runs/demo", world: str = "small", quick: bool = False) -> dict:
-    from .search import config as C
     from .search.export import export_run
+    from .search.resources import load_config
     from .search.runner import Search
     from .search.status import status
     from .world import resolve_world
@@ -95,11 +100,11 @@ def run_demo(run_dir="runs/demo", world: str = "small", quick: bool = False) -> 
         print(f"demo: continuing the search in {search_dir}", flush=True)
         res = Search.open(search_dir).run()
     else:
-        cfg = C.load_config(demo_config(str(w.root), quick), name="demo", base_dir=Path.cwd())
+        cfg = load_config(demo_config(str(w.root), quick), name="demo", base_dir=Path.cwd())
         res = Search.create(cfg, run_dir=search_dir, config_name="demo").run()
-    import yaml
+    from .search.rundir import RunDir
 
-    cfg = yaml.safe_load((search_dir / "config.yaml").read_text())
+    cfg = RunDir(search_dir).read_config()
     export_dir = run_dir / "export"
     if (export_dir / "summary.json").exists():
         summary = json.loads((export_dir / "summary.json").read_text())
@@ -112,7 +117,7 @@ def run_demo(run_dir="runs/demo", world: str = "small", quick: bool = False) -> 
                              max_candidates=MAX_EXPORT)
     scores = _endpoint_scores(cfg, search_dir)
     info = status(search_dir, plot_png=True)
-    tasks = cfg["tasks"]
+    tasks = cfg.tasks
     lines = ["", "| model | " + " | ".join(tasks) + " | estimated (search) |",
              "|---|" + "---|" * len(tasks) + "---|"]
     for name, s in scores.items():

@@ -18,7 +18,9 @@ mergekit evaluates gradients at t = 0 there).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -227,3 +229,17 @@ class Genome:
         if not isinstance(setting, list) or len(setting) != self.n_layers:
             raise ValueError(f"recipe's {g.param} is not a per-layer list of length {self.n_layers}")
         return float(setting[g.block * self.layer_granularity])
+
+
+def n_layers_of(base: str) -> int:
+    """Number of transformer layers of a Hugging Face model folder (from its config.json)."""
+    path = Path(base) / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the model config ({exc})") from None
+    for source in (cfg, cfg.get("text_config") or {}):
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if key in source:
+                return int(source[key])
+    raise ValueError(f"{path}: cannot tell the number of layers")

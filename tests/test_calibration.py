@@ -10,7 +10,7 @@ import pytest
 from merge3.calibration import Calibration, calibrate, calibrate_from_file
 from merge3.evaluation.store import ResponseStore
 from merge3.irt import ESTIMATORS, estimate, fit_ability, fit_irt, select_anchors
-from merge3.irt.fit import _as_matrix, refine_map
+from merge3.irt.fit import response_matrix, refine_map
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_py_irt_fit_on_real_responses(micro_store):
 
     # As calibration does: polish py-irt's (prior-shrunk) solution to the joint MAP, then abilities fitted
     # with the items fixed predict each model's own accuracy.
-    models, _, Y = _as_matrix(micro_store, None, None)
+    models, _, Y = response_matrix(micro_store, None, None)
     params, _ = refine_map(params, thetas, Y, models, iters=100)
     abilities = {m: fit_ability(params, micro_store.get(m), prior_sd=3.0) for m in micro_store.models()}
     cal = Calibration(params, abilities, ["math_en", "lang_vl", "facts_en"], base="base", store=micro_store)
@@ -103,3 +103,16 @@ def test_calibrate_micro_world_with_random_merges(micro_world, tmp_path):
     cal = Calibration.load(out)
     assert len(cal.validation_models) == 1 and cal.cost["models_evaluated"] == 6
     assert ResponseStore(out / "responses.jsonl").meta("merge-000")["kind"] == "random_merge"
+
+
+def test_damaged_calibration_is_an_error_naming_the_file(micro_store, tmp_path):
+    out = calibrate({"tasks": ["tw_arith_en"], "endpoints": {"math_en": "x", "lang_vl": "y", "facts_en": "z"},
+                     "base": "b", "n_random_merges": 0, "import_responses": [str(micro_store.path)],
+                     "irt": {"epochs": 10, "dim": 1, "validation_fraction": 0.0, "refine_iters": 0}}, tmp_path / "cal")
+    Calibration.load(out)
+    (out / "item_params.npz").write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="item_params.npz"):
+        Calibration.load(out)
+    (out / "calibration.json").write_text("{ torn")
+    with pytest.raises(ValueError, match="calibration.json"):
+        Calibration.load(out)

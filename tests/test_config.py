@@ -3,7 +3,6 @@ directory is touched."""
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ import pytest
 import yaml
 
 from merge3.search import config as C
+from merge3.search.resources import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,11 +72,11 @@ def test_defaults_and_weighted_sum():
     cfg = C.normalize({"base": "b", "models": ["m1", "m2"], "tasks": ["t1", "t2"],
                        "objectives": {"mode": "weighted_sum", "weights": {"t1": 2, "t2": 1}},
                        "merge": {"method": "linear", "parameters": {"weight": [0, 1]}}})
-    assert cfg["algorithm"]["name"] == "ga" and C.n_objectives(cfg) == 1
-    assert cfg["fitness"]["anchors"]["seed"] == cfg["seed"]
+    assert cfg.algorithm.name == "ga" and cfg.n_objectives == 1
+    assert cfg.fitness.anchors.seed == cfg.seed
     cfg = C.normalize({"base": "b", "models": ["m1"], "tasks": ["t1", "t2"],
                        "merge": {"method": "linear", "parameters": {"weight": [0, 1]}}})
-    assert cfg["algorithm"]["name"] == "nsga2" and C.n_objectives(cfg) == 2
+    assert cfg.algorithm.name == "nsga2" and cfg.n_objectives == 2
 
 
 def _run_cli(args, tmp_path):
@@ -129,13 +129,14 @@ def test_search_rejects_before_touching_run_dir(kind, micro_world, tmp_path):
 
 
 def test_load_config_resolves_world_names(micro_world):
-    cfg = C.load_config(micro_cfg(micro_world), name="x", check=False)
-    assert cfg["base"] == str(micro_world.base.resolve())
-    assert cfg["models"][0] == str(micro_world.endpoints["math_en"].resolve())
-    assert cfg["include_path"] == str(micro_world.tasks_dir.resolve())
-    d = copy.deepcopy(cfg)
+    cfg = load_config(micro_cfg(micro_world), name="x", check=False)
+    assert cfg.base == str(micro_world.base.resolve())
+    assert cfg.models[0] == str(micro_world.endpoints["math_en"].resolve())
+    assert cfg.include_path == str(micro_world.tasks_dir.resolve())
+    d = cfg.to_dict()
     d["workers"]["num_workers"] = 7
-    assert C.config_digest(d) == C.config_digest(cfg)
+    assert C.SearchConfig.from_dict(d).digest() == cfg.digest()
+    assert C.SearchConfig.from_dict(cfg.to_dict()) == cfg
 
 
 @pytest.mark.parametrize("merge, words", [
@@ -147,5 +148,5 @@ def test_genome_errors_name_the_merge_key(merge, words, micro_world, tmp_path):
     cfg = micro_cfg(micro_world)
     cfg["merge"] = merge
     with pytest.raises(ValueError) as e:
-        C.load_config(cfg, name="x")
+        load_config(cfg, name="x")
     assert str(e.value).startswith("config key 'merge'") and all(w in str(e.value) for w in words)

@@ -17,7 +17,7 @@ def test_demo_config_is_experiments_demo_yaml():
     raw = yaml.safe_load((ROOT / "experiments" / "demo.yaml").read_text())
     assert C.normalize(demo_config("small")) == C.normalize(raw)
     quick = C.normalize(demo_config("small", quick=True))
-    assert quick["algorithm"]["pop_size"] * quick["algorithm"]["generations"] < 8 * 5
+    assert quick.budget < 8 * 5
 
 
 @pytest.mark.slow

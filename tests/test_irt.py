@@ -135,10 +135,10 @@ def test_item_params_roundtrip_and_errors(sim, tmp_path):
 
 
 def test_refine_map_undoes_shrunk_discriminations(sim):
-    from merge3.irt.fit import _as_matrix, refine_map
+    from merge3.irt.fit import response_matrix, refine_map
 
     params, store, thetas, _ = sim
-    models, keys, Y = _as_matrix(store, None, params.task_names())
+    models, keys, Y = response_matrix(store, None, params.task_names())
     assert [k for k in keys] == list(zip(params.tasks, params.item_ids))
     shrunk = ItemParams(params.tasks, params.item_ids, params.alpha * 0.3, params.beta * 0.3)
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from merge3.search import runner as R
-from merge3.search.testing import SyntheticFitness
+from merge3.search.testing import SimulatedKill, StopAfter, SyntheticFitness
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,10 +62,11 @@ def test_resume_after_stop_equals_uninterrupted(micro_world, tmp_path):
     fit = SyntheticFitness(cfg["tasks"])
     full = R.run(cfg, run_dir=tmp_path / "a", progress=False, evaluate=fit)
     for stop in (3, 5, 2):  # stop mid-generation repeatedly, as if killed
-        if not (tmp_path / "b").exists():
-            R.run(cfg, run_dir=tmp_path / "b", progress=False, evaluate=fit, stop_after=stop)
-        else:
-            R.resume(tmp_path / "b", progress=False, evaluate=fit, stop_after=stop)
+        with pytest.raises(SimulatedKill):
+            if not (tmp_path / "b").exists():
+                R.run(cfg, run_dir=tmp_path / "b", progress=False, evaluate=StopAfter(fit, stop))
+            else:
+                R.resume(tmp_path / "b", progress=False, evaluate=StopAfter(fit, stop))
     res = R.resume(tmp_path / "b", progress=False, evaluate=fit)
     key = lambda r: (r["generation"], r["index"], tuple(r["genome"]), tuple(r["F"]))  # noqa: E731
     assert sorted(map(key, res.evaluations)) == sorted(map(key, full.evaluations))

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from merge3.search import runner as R
+from merge3.search.testing import crashing_ray_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +21,7 @@ def test_killed_worker_candidate_is_retried(micro_world, tmp_path):
     cfg["workers"]["max_retries"] = 1
     cfg["penalty"] = 0.0
     # candidate 1: its worker dies once (retried elsewhere, succeeds); candidate 2: dies on every attempt
-    res = R.run(cfg, run_dir=tmp_path / "run", progress=False, fault={(0, 1): 1, (0, 2): 99})
+    res = R.run(cfg, run_dir=tmp_path / "run", progress=False, pool_factory=crashing_ray_pool({(0, 1): 1, (0, 2): 99}))
     assert res.done and res.n_evaluations == 4
     by_index = {r["index"]: r for r in res.evaluations}
     assert by_index[1]["status"] == "ok" and by_index[1]["attempts"] == 2

@@ -24,6 +24,16 @@ def _quiet_lm_eval() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def unknown_tasks(tasks: list[str], include_path: str | Path | None) -> list[str]:
+    """The tasks lm-eval does not know (with ``include_path``'s task YAMLs, or its own tasks when None)."""
+    from lm_eval.tasks import TaskManager
+
+    _quiet_lm_eval()
+    manager = TaskManager(include_path=str(include_path) if include_path else None,
+                          include_defaults=include_path is None)
+    return [t for t in tasks if t not in manager.all_tasks]
+
+
 def default_device() -> str:
     import torch
 

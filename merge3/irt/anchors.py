@@ -29,6 +29,13 @@ class Anchors:
     items: dict[str, list[str]]      # task -> anchor item ids
     weights: dict[str, list[float]]  # task -> weights (sum to 1), aligned with items
 
+    @classmethod
+    def uniform(cls, items: dict[str, list[str]], method: str = "given", seed: int = 0) -> "Anchors":
+        """Anchors with weights 1/n: items chosen elsewhere (e.g. uniformly at random without a calibration)."""
+        return cls(method=method, n=max((len(v) for v in items.values()), default=0), seed=int(seed),
+                   items={t: list(map(str, v)) for t, v in items.items()},
+                   weights={t: [1.0 / len(v)] * len(v) for t, v in items.items()})
+
     def key(self) -> tuple:
         """Identity for caches: the same items and weights give the same key."""
         return tuple((t, tuple(self.items[t]), tuple(round(w, 12) for w in self.weights[t])) for t in self.items)

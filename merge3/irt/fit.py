@@ -94,7 +94,7 @@ def fit_irt(data, model_type: str = "multidim_2pl", dim: int = 3, epochs: int = 
     """
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown IRT model {model_type!r}: expected one of {', '.join(MODEL_TYPES)}")
-    model_ids, keys, Y = _as_matrix(data, models, tasks)
+    model_ids, keys, Y = response_matrix(data, models, tasks)
     if len(model_ids) < 2:
         raise ValueError(f"an IRT fit needs responses of at least 2 models, got {len(model_ids)}")
     import pandas as pd
@@ -145,7 +145,7 @@ def _index_map(ix_to_id) -> dict:
     return {str(v): int(k) for k, v in items}
 
 
-def _as_matrix(data, models, tasks):
+def response_matrix(data, models, tasks):
     from ..evaluation.store import ResponseStore
 
     if isinstance(data, ResponseStore):

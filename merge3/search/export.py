@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 
-def choose(info_records: list[dict], cfg: dict, meta: dict, front: bool, top: int | None) -> list[dict]:
-    from . import config as C
-    from .runner import pareto_front
+def choose(info_records: list[dict], cfg, front: bool, top: int | None) -> list[dict]:
+    from .front import pareto_front
 
     records = [r for r in info_records if r.get("status") == "ok"]
     if top is not None:
@@ -30,7 +29,7 @@ def choose(info_records: list[dict], cfg: dict, meta: dict, front: bool, top: in
             if len(out) == top:
                 break
         return out
-    return pareto_front(records, C.n_objectives(cfg))
+    return pareto_front(records, cfg.n_objectives)
 
 
 def thin(front: list[dict], k: int) -> list[dict]:
@@ -46,16 +45,14 @@ def thin(front: list[dict], k: int) -> list[dict]:
 
 def export_run(run_dir, out_dir, front: bool = False, top: int | None = None, evaluate: bool = True,
                progress: bool = True, max_candidates: int | None = None) -> dict:
-    from ..evaluation.lmeval import EvalOptions, TaskSuite, accuracy
-    from ..genome import Genome
+    from ..evaluation.lmeval import accuracy
     from ..merging.export import export_merged
-    from ..merging.materializer import Materializer
-    from . import config as C
-    from .runner import read_run
+    from ..scoring import CandidateScorer, ScorerSpec
+    from .rundir import read_run
 
     rd, out = Path(run_dir), Path(out_dir)
     cfg, meta, records = read_run(rd)
-    chosen = thin(choose(records, cfg, meta, front, top), max_candidates)
+    chosen = thin(choose(records, cfg, front, top), max_candidates)
     if not chosen:
         raise ValueError(f"{rd}: no successfully evaluated candidate to export yet")
     clash = [c["candidate"] for c in chosen if (out / c["candidate"]).exists()]
@@ -63,48 +60,44 @@ def export_run(run_dir, out_dir, front: bool = False, top: int | None = None, ev
         raise FileExistsError(f"{out}/{clash[0]} exists; choose another OUT_DIR or remove it")
     out.mkdir(parents=True, exist_ok=True)
 
-    w = cfg["workers"]
-    genome = Genome.from_config(C.genome_config(cfg), len(cfg["models"]), C.n_layers_of(cfg["base"]))
-    mat = Materializer(cfg["base"], cfg["models"], device=w["device"], dtype=w["dtype"],
-                       offload_task_vectors=w["offload_task_vectors"])
-    suite = lm = None
-    if evaluate:
-        opts = dict(cfg["evaluation"])
-        if w["device"]:
-            opts.setdefault("device", w["device"])
-        suite = TaskSuite(cfg["tasks"], include_path=cfg["include_path"], options=EvalOptions.from_dict(opts),
-                          cache_dir=str(rd.resolve()))
-        lm = suite.wrap_model(mat.model, mat.tokenizer)
+    w = cfg.workers
+    scorer = CandidateScorer(ScorerSpec(
+        base=cfg.base, models=list(cfg.models), genome=cfg.genome_config(), tasks=list(cfg.tasks),
+        include_path=cfg.include_path, evaluation=dict(cfg.evaluation), fitness="full", device=w.device,
+        dtype=w.dtype, offload_task_vectors=w.offload_task_vectors, cache_dir=str(rd.resolve())))
+    fit = cfg.fitness
+    used = sum((meta.get("anchor_counts") or {}).values()) or "all"
     rows = []
     for k, rec in enumerate(chosen):
         t0 = time.time()
-        recipe = genome.decode(rec["genome"], base=cfg["base"], models=cfg["models"], seed=rec["seed"])
-        mat.apply(recipe)
-        full = None
+        recipe = scorer.recipe(rec["genome"], rec["seed"])
         if evaluate:
-            full = accuracy(suite.evaluate(lm, items=None))
+            full = accuracy(scorer.answer(recipe))
+        else:
+            full = None
+            scorer.materializer.apply(recipe)
         est = rec["objectives"]
         lines = [f"## merge3 search candidate {rec['candidate']}", "",
-                 f"From run `{cfg.get('name')}` (generation {rec['generation']}, index {rec['index']}); fitness "
-                 f"{cfg['fitness']['type']}" + (f" with estimator {cfg['fitness']['estimator']}"
-                                               if cfg['fitness']['type'] == 'irt' else "")
-                 + f" on {sum((meta.get('anchor_counts') or {}).values()) or 'all'} items.", "",
+                 f"From run `{cfg.name}` (generation {rec['generation']}, index {rec['index']}); fitness "
+                 f"{fit.type}" + (f" with estimator {fit.estimator}" if fit.type == "irt" else "")
+                 + f" on {used} items.", "",
                  "| task | estimated (search) | full benchmark |", "|---|---|---|"]
-        for t in cfg["tasks"]:
+        for t in cfg.tasks:
             f = f"{full[t]:.4f}" if full else "not evaluated"
             lines.append(f"| {t} | {est.get(t, float('nan')):.4f} | {f} |")
         lines += ["", f"Genome: `{[round(v, 6) for v in rec['genome']]}`, merge seed {rec['seed']}."]
-        path = export_merged(mat, recipe, out / rec["candidate"], extra_card_text="\n".join(lines) + "\n")
+        path = export_merged(scorer.materializer, recipe, out / rec["candidate"],
+                             extra_card_text="\n".join(lines) + "\n")
         rows.append({"candidate": rec["candidate"], "path": str(path), "genome": rec["genome"], "seed": rec["seed"],
                      "estimated": est, "full": full, "seconds": time.time() - t0})
         if progress:
-            fs = ", ".join(f"{t} est {est[t]:.3f}" + (f" / full {full[t]:.3f}" if full else "") for t in cfg["tasks"])
+            fs = ", ".join(f"{t} est {est[t]:.3f}" + (f" / full {full[t]:.3f}" if full else "") for t in cfg.tasks)
             print(f"exported {rec['candidate']} ({k + 1}/{len(chosen)}): {fs}", flush=True)
-    summary = {"run_dir": str(rd), "tasks": cfg["tasks"], "candidates": rows,
-               "full_items_per_model": sum(suite.n_items().values()) if suite else None}
+    summary = {"run_dir": str(rd), "tasks": list(cfg.tasks), "candidates": rows,
+               "full_items_per_model": sum(scorer.suite.n_items().values()) if evaluate else None}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
-    (out / "summary.md").write_text(summary_table(rows, cfg["tasks"]))
-    print(summary_table(rows, cfg["tasks"]))
+    (out / "summary.md").write_text(summary_table(rows, cfg.tasks))
+    print(summary_table(rows, cfg.tasks))
     return summary
 
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .runner import _front_entry, pareto_front, read_run
+from .front import front_entry, pareto_front
+from .rundir import RunDir
 
 
 def collect(run_dir) -> dict:
-    rd = Path(run_dir)
-    cfg, meta, records = read_run(rd)
-    prog = json.loads((rd / "progress.json").read_text()) if (rd / "progress.json").exists() else {}
-    done = (rd / "result.json").exists()
-    n_obj = meta.get("n_objectives") or 1
-    front = pareto_front(records, n_obj)
-    budget = meta.get("budget") or cfg["algorithm"]["pop_size"] * cfg["algorithm"]["generations"]
+    rd = RunDir(run_dir)
+    cfg, meta, records = rd.read_config(), rd.read_meta(), rd.records()
+    prog = rd.read_progress()
+    done = rd.is_done()
+    front = pareto_front(records, cfg.n_objectives)
+    budget = cfg.budget
     full_per = sum((meta.get("n_items") or {}).values())
     items = sum(r.get("items_evaluated", 0) for r in records)
     full = full_per * len(records)
@@ -30,12 +30,12 @@ def collect(run_dir) -> dict:
             "calibration_items": cal_items,
             "saved_fraction_incl_calibration": (1 - (items + cal_items) / full) if full else None,
             "evaluation_seconds": sum(r.get("seconds", 0.0) for r in records)}
-    return {"run_dir": str(rd), "name": cfg.get("name"), "algorithm": cfg["algorithm"]["name"],
-            "generation": prog.get("generation", 0), "generations": cfg["algorithm"]["generations"],
+    return {"run_dir": str(rd.path), "name": cfg.name, "algorithm": cfg.algorithm.name,
+            "generation": prog.get("generation", 0), "generations": cfg.algorithm.generations,
             "evaluations": len(records), "budget": budget, "budget_left": max(0, budget - len(records)),
             "failed": sum(1 for r in records if r.get("status") != "ok"), "done": done,
-            "objective_names": meta.get("objective_names", []),
-            "front": [_front_entry(r, meta) for r in front], "cost": cost, "_records": records}
+            "objective_names": cfg.objective_names,
+            "front": [front_entry(r, cfg.objective_names) for r in front], "cost": cost, "_records": records}
 
 
 def plot(info: dict, out: Path) -> Path | None:

@@ -1,30 +1,78 @@
-"""A synthetic fitness for tests of the search machinery (loop, checkpoint, resume, lock) and for timing the
-loop's own overhead: deterministic in (genome, seed), costs ``delay`` seconds, no model involved."""
+"""Test support for the search machinery (loop, checkpoint, resume, lock, worker death), kept out of the
+production path: a synthetic fitness, a stop that acts like a kill, and Ray workers that crash on chosen jobs.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import time
+
+from ..scoring import CandidateScorer, Score
+from .workers import open_ray_pool
 
 
 class SyntheticFitness:
+    """Deterministic in (genome, seed), costs ``delay`` seconds, no model involved; also times the loop's own
+    overhead. ``fail_every``: candidates whose seed it divides fail."""
+
     def __init__(self, tasks: list[str], delay: float = 0.0, fail_every: int = 0):
         self.tasks, self.delay, self.fail_every = list(tasks), delay, fail_every
 
-    def __call__(self, task: dict) -> dict:
+    def __call__(self, job) -> Score:
         if self.delay:
             time.sleep(self.delay)
-        x = task["x"]
-        out = {"generation": task["generation"], "index": task["index"], "worker": "synthetic",
-               "items_evaluated": 10 * len(self.tasks), "seconds": self.delay, "status": "ok", "error": None}
-        if self.fail_every and (task["seed"] % self.fail_every == 0):
-            out.update(status="failed", error="synthetic failure", objectives=None)
+        out = Score(generation=job.generation, index=job.index, worker="synthetic",
+                    items_evaluated=10 * len(self.tasks), seconds=self.delay)
+        if self.fail_every and (job.seed % self.fail_every == 0):
+            out.status, out.error = "failed", "synthetic failure"
             return out
         obj = {}
         for k, t in enumerate(self.tasks):
             c = (k + 1) / (len(self.tasks) + 1)
-            d = sum((v - c) ** 2 for v in x) / max(len(x), 1)
-            obj[t] = 0.25 + 0.7 * math.exp(-4 * d) + 1e-3 * ((task["seed"] % 97) / 97)
-        out["objectives"] = obj
-        out["raw"] = dict(obj)
+            d = sum((v - c) ** 2 for v in job.x) / max(len(job.x), 1)
+            obj[t] = 0.25 + 0.7 * math.exp(-4 * d) + 1e-3 * ((job.seed % 97) / 97)
+        out.objectives, out.raw = obj, dict(obj)
         return out
+
+
+class SimulatedKill(BaseException):
+    """Raised by :class:`StopAfter`: escapes the search like a kill (nothing after it is written)."""
+
+
+class StopAfter:
+    """Wraps a fitness: after ``n`` jobs the next one raises :class:`SimulatedKill`."""
+
+    def __init__(self, fitness, n: int):
+        self.fitness, self.left = fitness, int(n)
+
+    def __call__(self, job) -> Score:
+        if self.left <= 0:
+            raise SimulatedKill()
+        self.left -= 1
+        return self.fitness(job)
+
+
+class CrashingScorer(CandidateScorer):
+    """A real scorer whose worker process dies (``os._exit``) on the first ``plan[(generation, index)]``
+    attempts of a job: the worker death a pool must survive."""
+
+    def __init__(self, spec, plan: dict):
+        super().__init__(spec)
+        self.plan = dict(plan)
+
+    def score(self, job) -> Score:
+        if self.plan.get((job.generation, job.index), 0) > job.attempt:
+            os._exit(13)
+        return super().score(job)
+
+
+def crashing_ray_pool(plan: dict):
+    """A pool factory whose Ray workers crash as ``plan`` says: {(generation, index): attempts that crash}."""
+    scorer_cls = functools.partial(CrashingScorer, plan=dict(plan))
+
+    def factory(spec, workers, address=None, log=None):
+        return open_ray_pool(spec, workers, address, scorer_cls=scorer_cls, log=log)
+
+    return factory

@@ -1,33 +1,37 @@
-"""Worker pools: evaluate a batch of candidates, results as they complete.
+"""Worker pools: score a batch of jobs, results as they complete.
 
 ``RayPool``: one actor per GPU (per CPU slot when the cluster has none), each holding a
-:class:`~merge3.search.fitness.CandidateEvaluator` (endpoints resident, model wrapped once). A candidate goes to
-whichever actor is free. When an actor dies mid-evaluation its candidate is retried on another worker (at most
-``max_retries`` times, then it is recorded as failed with the penalty), the dead actor is replaced, and the
-search goes on.
+:class:`~merge3.scoring.CandidateScorer` (endpoints resident, model wrapped once). A job goes to whichever
+actor is free. When an actor dies mid-job its job is retried on another worker (at most ``max_retries`` times,
+then it is reported as failed), the dead actor is replaced, and the search goes on.
 
-``InlinePool``: the same interface in this process (no Ray), for narrow unit tests and debugging; it takes
-any ``evaluate(task) -> result`` callable.
+``InlinePool``: the same interface in this process (no Ray), for narrow unit tests, benchmarks and debugging;
+it takes any ``score(job) -> Score`` callable.
+
+A pool is opened by a *pool factory* ``factory(spec, workers_config, address) -> pool``; :func:`open_ray_pool`
+is the default, tests pass their own (e.g. one whose workers crash on chosen jobs: ``merge3.search.testing``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections import deque
 from typing import Callable, Iterator
 
+from ..scoring import CandidateScorer, Score
+
 
 class InlinePool:
-    def __init__(self, evaluate: Callable[[dict], dict], name: str = "inline"):
-        self._evaluate, self.name = evaluate, name
+    def __init__(self, score: Callable, name: str = "inline"):
+        self._score, self.name = score, name
         self.n_workers = 1
 
-    def run(self, tasks: list[dict]) -> Iterator[dict]:
-        for task in tasks:
-            res = self._evaluate(task)
-            res.setdefault("worker", self.name)
-            res.setdefault("attempts", 1)
+    def run(self, jobs: list) -> Iterator[Score]:
+        for job in jobs:
+            res = self._score(job)
+            res.worker = res.worker or self.name
             yield res
 
     def close(self) -> None:
@@ -50,27 +54,23 @@ def start_ray(address: str | None, local_cpus: int | None = None) -> bool:
 
 
 class _Actor:
-    """The Ray actor body: a CandidateEvaluator in a worker process."""
+    """The Ray actor body: a scorer (``CandidateScorer`` or a subclass) in a worker process."""
 
-    def __init__(self, spec: dict):
-        from .fitness import CandidateEvaluator, FitnessSpec
+    def __init__(self, scorer_cls, spec):
+        self.scorer = scorer_cls(spec)
 
-        self.ev = CandidateEvaluator(FitnessSpec(**spec))
-
-    def ping(self) -> str:
-        return self.ev.name
-
-    def evaluate(self, task: dict) -> dict:
-        return self.ev.evaluate(task)
+    def score(self, job) -> Score:
+        return self.scorer.score(job)
 
 
 class RayPool:
     def __init__(self, spec, num_workers: int | None = None, cpus_per_worker: float = 1,
-                 gpus_per_worker: float | None = None, max_retries: int = 2, log=None):
+                 gpus_per_worker: float | None = None, max_retries: int = 2, log=None,
+                 scorer_cls=CandidateScorer, owns_ray: bool = False):
         import ray
 
         self.ray = ray
-        self.spec = spec
+        self.owns_ray = owns_ray  # shut Ray down on close (this pool's opener started it)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         res = ray.cluster_resources()
         n_gpu = res.get("GPU", 0)
@@ -83,10 +83,9 @@ class RayPool:
                 num_workers = max(1, int(res.get("CPU", 1) // max(cpus_per_worker, 1e-9)))
         self.n_workers = num_workers
         self.max_retries = max_retries
-        spec_dict = dict(spec.__dict__)
-        if spec_dict.get("threads") is None and not gpus_per_worker:
-            spec_dict["threads"] = max(1, int(cpus_per_worker))
-        self._spec_dict = spec_dict
+        if spec.threads is None and not gpus_per_worker:
+            spec = dataclasses.replace(spec, threads=max(1, int(cpus_per_worker)))
+        self._spec, self._scorer_cls = spec, scorer_cls
         self._cls = ray.remote(_Actor).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0,
                                                max_task_retries=0)
         self.actors = [self._new_actor() for _ in range(num_workers)]
@@ -94,58 +93,51 @@ class RayPool:
         self.max_replacements = 4 * num_workers + 4 * max(1, max_retries)
 
     def _new_actor(self):
-        return self._cls.remote(self._spec_dict)
+        return self._cls.remote(self._scorer_cls, self._spec)
 
-    def run(self, tasks: list[dict]) -> Iterator[dict]:
+    def run(self, jobs: list) -> Iterator[Score]:
         ray = self.ray
-        queue = deque((dict(t), 0) for t in tasks)  # (task, attempts so far)
+        queue = deque((job, 0) for job in jobs)  # (job, attempts so far)
         idle = deque(self.actors)
-        running: dict = {}  # ObjectRef -> (actor, task, attempts)
+        running: dict = {}  # ObjectRef -> (actor, job, attempts)
         while queue or running:
             while queue and idle:
                 actor = idle.popleft()
-                task, attempts = queue.popleft()
-                sent = dict(task, attempt=attempts)
-                running[actor.evaluate.remote(sent)] = (actor, task, attempts)
+                job, attempts = queue.popleft()
+                running[actor.score.remote(dataclasses.replace(job, attempt=attempts))] = (actor, job, attempts)
             if not running:
                 raise RuntimeError("no live Ray worker left to evaluate candidates")
             done, _ = ray.wait(list(running), num_returns=1)
             ref = done[0]
-            actor, task, attempts = running.pop(ref)
+            actor, job, attempts = running.pop(ref)
             try:
                 res = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                     ray.exceptions.ObjectLostError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                self.log(f"worker died while evaluating candidate g{task['generation']}-i{task['index']} "
+                self.log(f"worker died while evaluating candidate g{job.generation}-i{job.index} "
                          f"(attempt {attempts + 1}): {type(exc).__name__}: {first[:200]}")
                 self._replace(actor, idle)
                 if attempts < self.max_retries:
-                    queue.appendleft((task, attempts + 1))
+                    queue.appendleft((job, attempts + 1))
                 else:
-                    yield {"generation": task["generation"], "index": task["index"], "status": "failed",
-                           "error": f"worker died {attempts + 1} times evaluating this candidate",
-                           "worker": None, "items_evaluated": 0, "objectives": None, "raw": None,
-                           "seconds": 0.0, "attempts": attempts + 1}
+                    yield Score.failure(job, f"worker died {attempts + 1} times evaluating this candidate",
+                                        attempts + 1)
                 continue
-            except ray.exceptions.RayTaskError as exc:  # the evaluator raised (should not happen): a failure
+            except ray.exceptions.RayTaskError as exc:  # the scorer raised (it should not): a failure
                 idle.append(actor)
-                yield {"generation": task["generation"], "index": task["index"], "status": "failed",
-                       "error": str(exc).strip().splitlines()[-1][:500], "worker": None, "items_evaluated": 0,
-                       "objectives": None, "raw": None, "seconds": 0.0, "attempts": attempts + 1}
+                yield Score.failure(job, str(exc).strip().splitlines()[-1][:500], attempts + 1)
                 continue
             idle.append(actor)
-            res["attempts"] = attempts + 1
+            res.attempts = attempts + 1
             yield res
 
     def _replace(self, dead, idle: deque) -> None:
-        try:
+        if dead in self.actors:
             self.actors.remove(dead)
-        except ValueError:
-            pass
         try:
             self.ray.kill(dead)
-        except Exception:
+        except ValueError:  # not an actor handle Ray still knows
             pass
         if self.replacements < self.max_replacements:
             self.replacements += 1
@@ -159,6 +151,24 @@ class RayPool:
         for a in self.actors:
             try:
                 self.ray.kill(a)
-            except Exception:
+            except ValueError:
                 pass
         self.actors = []
+        if self.owns_ray:
+            self.ray.shutdown()
+            self.owns_ray = False
+
+
+def open_ray_pool(spec, workers, address: str | None = None, scorer_cls=CandidateScorer, log=None) -> RayPool:
+    """The default pool factory: Ray workers as ``workers`` (the config's ``workers`` section) says."""
+    started = start_ray(address, workers.local_cpus)
+    try:
+        return RayPool(spec, num_workers=workers.num_workers, cpus_per_worker=workers.cpus_per_worker,
+                       gpus_per_worker=workers.gpus_per_worker, max_retries=workers.max_retries, log=log,
+                       scorer_cls=scorer_cls, owns_ray=started)
+    except BaseException:
+        if started:
+            import ray
+
+            ray.shutdown()
+        raise

@@ -1,0 +1,113 @@
+"""Setting a run up before its first generation: calibration, anchors, metadata, the scorer's spec.
+
+Everything here is written once and reused on resume: an ``auto`` calibration inside the run directory, the
+anchors (``anchors.json``: re-derived on resume and checked against the file), and ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+
+from ..calibration import CalibrationConfig, calibrate
+from ..irt import Anchors, Calibration, select_anchors
+from ..scoring import ScorerSpec
+from .config import SearchConfig
+from .resources import make_genome
+from .rundir import ANCHORS, CALIBRATION, RunDir, read_json
+
+
+def auto_calibration_config(cfg: SearchConfig) -> CalibrationConfig:
+    """The calibration an ``auto`` search runs: its models, tasks, genome and lm-eval options."""
+    cs, anc = cfg.fitness.calibration_settings, cfg.fitness.anchors
+    return CalibrationConfig.from_dict({
+        "base": cfg.base, "endpoints": list(cfg.models), "tasks": list(cfg.tasks),
+        "include_path": cfg.include_path, "n_random_merges": cs.n_random_merges, "genome": cfg.genome_config(),
+        "irt": dict(cs.irt), "seed": cfg.seed, "eval": dict(cfg.evaluation),
+        "anchors": {"method": anc.method, "n": anc.n, "seed": anc.seed}})
+
+
+def ensure_calibration(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> str | None:
+    """The calibration directory the fitness uses; an ``auto`` one is made (or finished) here first."""
+    cal = cfg.fitness.calibration
+    if cal != "auto":
+        return cal
+    out = (rd / CALIBRATION).resolve()
+    if (out / "calibration.json").exists():
+        Calibration.load(out)  # a damaged calibration is an error naming its file, never silently redone
+        return str(out)
+    cs = cfg.fitness.calibration_settings
+    say(f"calibrating into {out}: {len(cfg.models)} endpoints, the base and {cs.n_random_merges} random "
+        "merges evaluated fully, once")
+    w = cfg.workers
+    workers = None if pool_factory is None else (lambda spec: pool_factory(dataclasses.replace(
+        spec, device=w.device, dtype=w.dtype, offload_task_vectors=w.offload_task_vectors)))
+    calibrate(auto_calibration_config(cfg), out, pool_factory=workers, log=say)
+    return str(out)
+
+
+def choose_anchors(cfg: SearchConfig, cal_dir: str | None, item_ids) -> Anchors:
+    """The fitness's anchors: chosen on the calibration, or uniformly at random from ``item_ids(task)``."""
+    anc = cfg.fitness.anchors
+    if cal_dir:
+        a = select_anchors(anc.method, anc.n, Calibration.load(cal_dir), anc.seed, tasks=list(cfg.tasks))
+        missing = [t for t in cfg.tasks if t not in a.items]
+        if missing:
+            raise ValueError(f"the calibration {cal_dir} has no anchors for task(s) {missing}")
+        return a
+    rng = random.Random(f"anchors-{anc.seed}")
+    items = {}
+    for t in cfg.tasks:
+        ids = item_ids(t)
+        items[t] = sorted(rng.sample(ids, min(anc.n, len(ids))))
+    return Anchors.uniform(items, method="random", seed=anc.seed)
+
+
+def prepare(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> tuple[ScorerSpec, dict]:
+    """Calibrates (auto), picks anchors and writes meta.json on the first run; re-reads them on resume."""
+    cal_dir = ensure_calibration(cfg, rd, pool_factory, say)
+    meta = rd.read_meta()
+    saved = rd.read_anchor_items()
+    suite = None
+    if not meta:
+        from ..evaluation.lmeval import EvalOptions, TaskSuite
+
+        suite = TaskSuite(cfg.tasks, include_path=cfg.include_path, options=EvalOptions.from_dict(cfg.evaluation),
+                          cache_dir=str(rd.path))
+    anchors = None
+    if cfg.fitness.type != "full":
+        if saved is not None and not cal_dir:
+            anchors = Anchors.uniform(saved, method="random", seed=cfg.fitness.anchors.seed)
+        else:
+            anchors = choose_anchors(cfg, cal_dir, suite.item_ids if suite else None)
+            if saved is None:
+                rd.write_anchor_items(anchors.items)
+            elif saved != anchors.items:
+                raise ValueError(f"{rd / ANCHORS} does not match the calibration's anchor selection")
+    if not meta:
+        genome = make_genome(cfg)
+        n_items = suite.n_items()
+        meta = {"config_digest": cfg.digest(), "genome_names": list(genome.names()), "genome_dim": int(genome.dim),
+                "n_items": n_items, "calibration": cal_dir,
+                "anchor_counts": {t: len(v) for t, v in (anchors.items if anchors else {}).items()},
+                "objective_names": cfg.objective_names, "n_objectives": cfg.n_objectives, "budget": cfg.budget,
+                "calibration_items": calibration_items(cfg, cal_dir, n_items), "created": time.time()}
+        rd.write_meta(meta)
+    w = cfg.workers
+    spec = ScorerSpec(base=cfg.base, models=list(cfg.models), genome=cfg.genome_config(), tasks=list(cfg.tasks),
+                      include_path=cfg.include_path, evaluation=dict(cfg.evaluation), fitness=cfg.fitness.type,
+                      estimator=cfg.fitness.estimator, calibration=cal_dir, anchors=anchors, device=w.device,
+                      dtype=w.dtype, offload_task_vectors=w.offload_task_vectors, cache_dir=str(rd.path.resolve()))
+    return spec, meta
+
+
+def calibration_items(cfg: SearchConfig, cal_dir: str | None, n_items: dict) -> int:
+    """Items the run's own calibration evaluated (0 when it used none, or one made before it)."""
+    if not cal_dir or cfg.fitness.calibration != "auto":
+        return 0
+    try:
+        return int(read_json(f"{cal_dir}/calibration.json", "calibration file")["cost"]["items_total"])
+    except (KeyError, TypeError, ValueError):
+        n_models = len(cfg.models) + 1 + cfg.fitness.calibration_settings.n_random_merges
+        return n_models * sum(n_items.values())

@@ -1,0 +1,230 @@
+"""A search's run directory: what it holds, and every read and write of it.
+
+    config.yaml          the resolved config (absolute paths, every default filled in)
+    meta.json            config digest, genome names, items per task, anchors, calibration used
+    anchors.json         the anchor items per task (when the fitness uses anchors)
+    calibration/         the calibration, when ``fitness.calibration: auto``
+    evaluations.jsonl    append-only, fsynced: one line per evaluated candidate
+    checkpoint.pkl       dill: algorithm (incl. its RNG), generation, numpy/python RNG states; atomic replace
+    progress.json        generation, evaluations, done, front so far (atomic replace; read by ``status``)
+    result.json          the final front, written when the search is done
+    status.png           written by ``merge3 status``
+    .lock                held (flock) by the process running the search
+
+Every file but the log is replaced atomically (written to a temporary sibling, fsynced, renamed), so a crash
+never leaves one half-written; the log is appended a fsynced line at a time, and a line cut by a crash is
+dropped on the next resume. ``status`` and ``export`` read a run directory without taking its lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+from .config import SearchConfig
+
+CONFIG = "config.yaml"
+META = "meta.json"
+ANCHORS = "anchors.json"
+LOG = "evaluations.jsonl"
+CHECKPOINT = "checkpoint.pkl"
+PROGRESS = "progress.json"
+RESULT = "result.json"
+CALIBRATION = "calibration"
+CHECKPOINT_VERSION = 1
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename durable too
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some filesystems cannot fsync a directory
+        pass
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True))
+
+
+def read_json(path: Path, what: str):
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: malformed {what} ({exc})") from None
+
+
+class RunDirectoryLocked(FileExistsError):
+    """Another process holds the run directory's lock."""
+
+
+class RunLock:
+    """An exclusive flock on RUN_DIR/.lock; released by the OS if the process dies (even by SIGKILL)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.fd = None
+
+    def acquire(self) -> "RunLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise RunDirectoryLocked(f"run directory {self.path.parent} is in use by another merge3 process "
+                                     f"({holder}); wait for it to finish or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class EvalLog:
+    """Append-only JSONL of evaluations; each line is flushed and fsynced before the search goes on."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def read(self, repair: bool = False) -> list[dict]:
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data) and repair:  # a line cut by a crash mid-write: drop it
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+                os.fsync(f.fileno())
+        out = []
+        for line in data[:end].splitlines():
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return out
+
+    def append(self, rec: dict) -> None:
+        line = json.dumps(rec, sort_keys=True) + "\n"
+        with open(self.path, "ab") as f:
+            f.write(line.encode())
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class RunDir:
+    """Paths and reads/writes of one run directory (no lock taken: see :class:`RunLock`)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.log = EvalLog(self.path / LOG)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def exists(self) -> bool:
+        return (self.path / CONFIG).is_file()
+
+    def require(self) -> None:
+        if not self.exists():
+            raise FileNotFoundError(f"{self.path} is not a merge3 run directory (no {CONFIG})")
+
+    # ---------------------------------------------------------------- files
+
+    def write_config(self, cfg: SearchConfig) -> None:
+        import yaml
+
+        atomic_write(self.path / CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    def read_config(self) -> SearchConfig:
+        import yaml
+
+        self.require()
+        path = self.path / CONFIG
+        try:
+            raw = yaml.safe_load(path.read_text())
+            return SearchConfig.from_dict(raw)
+        except (yaml.YAMLError, ValueError) as exc:
+            raise ValueError(f"{path}: not a valid merge3 run config ({str(exc).splitlines()[0]})") from None
+
+    def read_meta(self) -> dict:
+        p = self.path / META
+        return read_json(p, "run metadata") if p.exists() else {}
+
+    def write_meta(self, meta: dict) -> None:
+        write_json(self.path / META, meta)
+
+    def read_anchor_items(self) -> dict[str, list[str]] | None:
+        p = self.path / ANCHORS
+        return read_json(p, "anchors file") if p.exists() else None
+
+    def write_anchor_items(self, items: dict[str, list[str]]) -> None:
+        atomic_write(self.path / ANCHORS, json.dumps(items, indent=1, sort_keys=True))
+
+    def read_progress(self) -> dict:
+        p = self.path / PROGRESS
+        return read_json(p, "progress file") if p.exists() else {}
+
+    def write_progress(self, progress: dict) -> None:
+        write_json(self.path / PROGRESS, progress)
+
+    def write_result(self, result: dict) -> None:
+        write_json(self.path / RESULT, result)
+
+    def is_done(self) -> bool:
+        return (self.path / RESULT).exists()
+
+    def records(self, repair: bool = False) -> list[dict]:
+        """The evaluation log, one record per candidate (the last line wins), in (generation, index) order."""
+        recs = {(r["generation"], r["index"]): r for r in self.log.read(repair=repair)}
+        return sorted(recs.values(), key=lambda r: (r["generation"], r["index"]))
+
+    # ---------------------------------------------------------------- checkpoint
+
+    def save_checkpoint(self, state: dict) -> None:
+        import dill
+
+        atomic_write(self.path / CHECKPOINT, dill.dumps({"version": CHECKPOINT_VERSION, **state}))
+
+    def load_checkpoint(self) -> dict | None:
+        import dill
+
+        path = self.path / CHECKPOINT
+        if not path.exists():
+            return None
+        try:
+            return dill.loads(path.read_bytes())
+        except (EOFError, ValueError, TypeError, AttributeError, ImportError, dill.UnpicklingError) as exc:
+            raise ValueError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def read_run(run_dir) -> tuple[SearchConfig, dict, list[dict]]:
+    """A run directory's config, meta and evaluation records (one per candidate, in order)."""
+    rd = RunDir(run_dir)
+    return rd.read_config(), rd.read_meta(), rd.records()
