@@ -159,12 +159,15 @@ def main() -> None:
                 res = run(cfg, run_dir=run_dir, progress=False)
                 ok = [r for r in res.evaluations if r["status"] == "ok"]
                 row = {"mode": mode, "seed": seed, "fitness": fitness, "evaluations": res.n_evaluations,
-                       "items_evaluated": res.items_evaluated, "wall_seconds": round(res.wall_seconds, 1)}
+                       "items_evaluated": res.items_evaluated, "verification_items": res.verification_items,
+                       "wall_seconds": round(res.wall_seconds, 1)}
                 if mode == "single":
                     best = max(ok, key=lambda r: r["objectives"][TARGET])
                     row["best_estimated"] = best["objectives"][TARGET]
                     row["best_true"] = true_of(best, fitness, scorer, [TARGET])[TARGET]
                     row["best_candidate"] = {"genome": best["genome"], "seed": best["seed"]}
+                    # the search's own pick after verifying its top candidates on every item (fitness.verify_top_k)
+                    row["best_verified_true"] = res.verified[0]["verified"][TARGET] if res.verified else row["best_true"]
                     row["curve"] = convergence(res.evaluations, fitness, scorer)
                 else:
                     true_pts = [tuple(true_of(r, fitness, scorer, tasks)[t] for t in tasks) for r in res.front]
@@ -211,14 +214,19 @@ def summarize(runs: list[dict], cal_items: int) -> dict:
         for f in FITNESSES:
             s[f"{mode}_{f}_{key}"] = mean(mode, f, key)
             s[f"{mode}_{f}_items"] = mean(mode, f, "items_evaluated")
+            s[f"{mode}_{f}_verification_items"] = mean(mode, f, "verification_items")
             s[f"{mode}_{f}_seconds"] = mean(mode, f, "wall_seconds")
+            if mode == "single":
+                s[f"single_{f}_best_verified_true"] = mean(mode, f, "best_verified_true")
     a, c = s.get("single_full_best_true"), s.get("single_irt_best_true")
     ia, ic = s.get("single_full_items"), s.get("single_irt_items")
     if a and c is not None:
         s["quality_ratio"] = c / a
+        s["quality_ratio_verified"] = s["single_irt_best_verified_true"] / a
     if ia and ic:
         s["cost_ratio"] = ia / ic
         s["cost_ratio_with_calibration"] = ia / (ic + cal_items)
+        s["cost_ratio_with_verification"] = ia / (ic + (s.get("single_irt_verification_items") or 0))
     if s.get("single_anchor_best_true") is not None and c is not None:
         s["irt_minus_anchor_best_true"] = c - s["single_anchor_best_true"]
     ha, hc = s.get("multi_full_hypervolume_true"), s.get("multi_irt_hypervolume_true")

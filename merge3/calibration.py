@@ -57,24 +57,24 @@ IRT_MODELS = ("2pl", "multidim_2pl")
 DEFAULT_RANDOM_MERGES = 12
 
 
-def check_irt_settings(irt: dict, where: str = "irt") -> dict:
-    """``irt`` with defaults filled in; unknown settings and bad values are errors naming ``where``."""
+def check_irt_settings(irt: dict, where: str = "irt", what: str = "calibration config") -> dict:
+    """``irt`` with defaults filled in; unknown settings and bad values are errors naming ``what`` key ``where``."""
     out = {**IRT_DEFAULTS, **(irt or {})}
     bad = sorted(set(out) - set(IRT_DEFAULTS) - {"priors"})
     if bad:
-        raise ValueError(f"config key {where!r}: unknown setting(s) {bad}; known: {sorted(IRT_DEFAULTS)}")
+        raise ValueError(f"{what} key {where!r}: unknown setting(s) {bad}; known: {sorted(IRT_DEFAULTS)}")
     if out["model_type"] not in IRT_MODELS:
-        raise ValueError(f"config key '{where}.model_type': expected {' or '.join(IRT_MODELS)}, "
+        raise ValueError(f"{what} key '{where}.model_type': expected {' or '.join(IRT_MODELS)}, "
                          f"got {out['model_type']!r}")
     for k in ("dim", "epochs", "refine_iters"):
         if not isinstance(out[k], int) or isinstance(out[k], bool) or out[k] < (1 if k == "dim" else 0):
-            raise ValueError(f"config key '{where}.{k}': expected a {'positive' if k == 'dim' else 'non-negative'} "
+            raise ValueError(f"{what} key '{where}.{k}': expected a {'positive' if k == 'dim' else 'non-negative'} "
                              f"integer, got {out[k]!r}")
     if not isinstance(out["lr"], (int, float)) or not out["lr"] > 0:
-        raise ValueError(f"config key '{where}.lr': expected a positive number, got {out['lr']!r}")
+        raise ValueError(f"{what} key '{where}.lr': expected a positive number, got {out['lr']!r}")
     vf = out["validation_fraction"]
     if not isinstance(vf, (int, float)) or not 0 <= vf < 1:
-        raise ValueError(f"config key '{where}.validation_fraction': expected a number in [0, 1), got {vf!r}")
+        raise ValueError(f"{what} key '{where}.validation_fraction': expected a number in [0, 1), got {vf!r}")
     return out
 
 
@@ -232,15 +232,16 @@ def population_jobs(cfg: CalibrationConfig, pop: Population, store: ResponseStor
         if name not in store:
             jobs.append((name, ModelJob(index=k, name=name, path=str(path)),
                          {"kind": "base" if name == "base" else "endpoint", "path": str(path)}))
-    if cfg.n_random_merges:
+    missing = [j for j in range(cfg.n_random_merges) if f"merge-{j:03d}" not in store]
+    if missing:
+        if not pop.base:
+            raise ValueError("calibration config: random merges need `base` (or `world`)")
         _, xs = random_merge_genomes(cfg.genome, len(pop.endpoints), n_layers_of(pop.base), cfg.n_random_merges,
                                      cfg.seed)
-        for j, x in enumerate(xs):
-            name = f"merge-{j:03d}"
-            if name not in store:
-                job = CandidateJob(generation=-1, index=len(wanted) + j, x=tuple(float(v) for v in x),
-                                   seed=cfg.seed * 100003 + j, full_responses=True)
-                jobs.append((name, job, {"kind": "random_merge", "x": list(job.x), "index": j}))
+        for j in missing:
+            job = CandidateJob(generation=-1, index=len(wanted) + j, x=tuple(float(v) for v in xs[j]),
+                               seed=cfg.seed * 100003 + j, full_responses=True)
+            jobs.append((f"merge-{j:03d}", job, {"kind": "random_merge", "x": list(job.x), "index": j}))
     return jobs
 
 
@@ -304,7 +305,7 @@ def calibrate(config: CalibrationConfig | dict, out_dir: str | Path, pool_factor
                 store.add(m, imported.get(m), {**imported.meta(m), "imported_from": str(src)})
     pool = None
     if pool_factory is not None and population_jobs(cfg, pop, store):
-        pool = pool_factory(population_scorer_spec(cfg, pop, partial))
+        pool = pool_factory(population_scorer_spec(cfg, pop, out.parent))
     try:
         cost = evaluate_population(cfg, store, pool=pool, log=log)
     finally:
@@ -335,9 +336,11 @@ def fit_population(cfg: CalibrationConfig, pop: Population, store: ResponseStore
     lacking = [n for n in names if n not in complete]
     if lacking:
         raise ValueError(f"calibration: model(s) {lacking} have no full responses on {tasks}")
-    # this calibration's random merges in index order (whatever order workers finished them), imports after
-    others = sorted((m for m in complete if m not in names), key=lambda m: (not m.startswith("merge-"),
-                                                                             m if m.startswith("merge-") else ""))
+    # imported models first (in their files' order), then this calibration's random merges in index order,
+    # whatever order the workers finished them in
+    others = [m for m in complete if m not in names]
+    own = [m for m in others if store.meta(m).get("kind") == "random_merge" and "imported_from" not in store.meta(m)]
+    others = [m for m in others if m not in own] + sorted(own, key=lambda m: int(store.meta(m)["index"]))
     rng = np.random.default_rng([seed, 104729])
     n_val = int(round(float(irt["validation_fraction"]) * len(others)))
     val = sorted(rng.choice(others, size=n_val, replace=False).tolist()) if n_val else []

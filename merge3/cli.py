@@ -128,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("out_dir")
     g = e.add_mutually_exclusive_group()
-    g.add_argument("--front", action="store_true", help="export the Pareto front (default)")
+    g.add_argument("--front", action="store_true",
+                   help="export the Pareto front by estimate (default when the search verified no candidate; "
+                        "otherwise the default is the front of the candidates verified on every item)")
     g.add_argument("--top", type=int, default=None, metavar="K", help="export the K best candidates")
     e.add_argument("--no-eval", action="store_true", help="skip the full-benchmark held-out check")
     e.set_defaults(func=_export)

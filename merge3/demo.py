@@ -113,7 +113,7 @@ def run_demo(run_dir="runs/demo", world: str = "small", quick: bool = False) -> 
             import shutil
 
             shutil.rmtree(export_dir)  # an interrupted export
-        summary = export_run(search_dir, export_dir, front=True, evaluate=True, progress=True,
+        summary = export_run(search_dir, export_dir, evaluate=True, progress=True,
                              max_candidates=MAX_EXPORT)
     scores = _endpoint_scores(cfg, search_dir)
     info = status(search_dir, plot_png=True)
@@ -127,11 +127,15 @@ def run_demo(run_dir="runs/demo", world: str = "small", quick: bool = False) -> 
         lines.append(f"| merge {row['candidate']} | " + " | ".join(f"{row['full'][t]:.3f}" for t in tasks)
                      + f" | {est} |")
     c = info["cost"]
+    used = c["items_evaluated"] + c["verification_items"]
     lines.append("")
     lines.append(f"search: {info['evaluations']} candidates in {info['generation']} generations; fitness evaluated "
-                 f"{c['items_evaluated']} items vs {c['items_full_evaluation']} for full evaluation "
-                 f"({c['items_full_evaluation'] / max(c['items_evaluated'], 1):.0f}x fewer"
-                 + (f"; {(c['items_full_evaluation']) / max(c['items_evaluated'] + c['calibration_items'], 1):.1f}x "
+                 f"{c['items_evaluated']} items"
+                 + (f" and verifying the best {len(info['verified'])} on every item {c['verification_items']}"
+                    if c["verification_items"] else "")
+                 + f", vs {c['items_full_evaluation']} for full evaluation "
+                 f"({c['items_full_evaluation'] / max(used, 1):.0f}x fewer"
+                 + (f"; {(c['items_full_evaluation']) / max(used + c['calibration_items'], 1):.1f}x "
                     f"counting the one-off calibration of {c['calibration_items']} items" if c["calibration_items"]
                     else "") + ")")
     lines.append(f"exported merges: {export_dir}; plot: {info.get('plot')}")

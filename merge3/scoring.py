@@ -37,10 +37,6 @@ class CandidateJob:
     full_responses: bool = False    # answer every item, return responses only (calibration population)
     attempt: int = 0                # set by the worker pool on retries
 
-    @property
-    def name(self) -> str:
-        return f"g{self.generation:03d}-i{self.index:03d}"
-
 
 @dataclass(frozen=True)
 class ModelJob:
@@ -110,14 +106,11 @@ class CandidateScorer:
             import torch
 
             torch.set_num_threads(int(spec.threads))
-        from .evaluation.lmeval import EvalOptions, TaskSuite, default_device
+        from .evaluation.lmeval import default_device
         from .genome import Genome, n_layers_of
 
         self.device = spec.device or default_device()
-        opts = dict(spec.evaluation)
-        opts.setdefault("device", self.device)
-        self.suite = TaskSuite(spec.tasks, include_path=spec.include_path, options=EvalOptions.from_dict(opts),
-                               cache_dir=spec.cache_dir)
+        self._suite = None  # lm-eval tasks, loaded on first use (writing a merge needs none)
         self.genome = Genome.from_config(spec.genome, len(spec.models), n_layers_of(spec.base)) \
             if spec.genome else None
         self._materializer = self._lm = None  # built on the first merge: scoring models from disk needs neither
@@ -129,6 +122,17 @@ class CandidateScorer:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     @property
+    def suite(self):
+        """The lm-eval tasks (``merge3.evaluation.lmeval.TaskSuite``)."""
+        if self._suite is None:
+            from .evaluation.lmeval import EvalOptions, TaskSuite
+
+            opts = {"device": self.device, **self.spec.evaluation}
+            self._suite = TaskSuite(self.spec.tasks, include_path=self.spec.include_path,
+                                    options=EvalOptions.from_dict(opts), cache_dir=self.spec.cache_dir)
+        return self._suite
+
+    @property
     def materializer(self):
         """The endpoints resident on the device, merged in place into one live model."""
         if self._materializer is None:
@@ -137,8 +141,14 @@ class CandidateScorer:
             s = self.spec
             self._materializer = Materializer(s.base, s.models, device=self.device, dtype=s.dtype,
                                               offload_task_vectors=s.offload_task_vectors)
-            self._lm = self.suite.wrap_model(self._materializer.model, self._materializer.tokenizer)
         return self._materializer
+
+    @property
+    def lm(self):
+        """lm-eval's wrapper of the live merged model (built once: in-place merges show through it)."""
+        if self._lm is None:
+            self._lm = self.suite.wrap_model(self.materializer.model, self.materializer.tokenizer)
+        return self._lm
 
     # ---------------------------------------------------------------- building blocks (benchmarks use these)
 
@@ -153,7 +163,7 @@ class CandidateScorer:
     def answer(self, recipe, items: dict[str, list[str]] | None = None) -> dict:
         """Materializes ``recipe`` in place and answers ``items`` (every item when None): task -> id -> 0/1."""
         self.materializer.apply(recipe)
-        return self.suite.evaluate(self._lm, items=items)
+        return self.suite.evaluate(self.lm, items=items)
 
     def answer_model(self, path: str, items: dict[str, list[str]] | None = None) -> dict:
         """A model from disk (not merged) answers ``items`` (every item when None)."""

@@ -58,7 +58,11 @@ def test_status_json(micro_run):
     assert info["done"] is True and info["generation"] == 3 and info["evaluations"] == 18
     assert info["budget_left"] == 0 and info["front"]
     assert {"genome", "objectives"} <= set(info["front"][0])
-    assert 0 < info["cost"]["fraction_of_full"] < 0.1
+    c = info["cost"]
+    assert 0 < c["items_evaluated"] / c["items_full_evaluation"] < 0.1
+    # the best candidates by estimate (up to 3 of the front) were re-scored on every item (2 tasks x 200)
+    assert c["verification_items"] > 0 and c["verification_items"] % 400 == 0
+    assert info["verified"] and all(set(e["verified"]) == {"tw_arith_vl", "tw_lang_vl"} for e in info["verified"])
     assert (run_dir / "status.png").exists()
 
 

@@ -108,3 +108,44 @@ def test_pareto_front():
     front = R.pareto_front(recs, 2)
     assert [r["index"] for r in front] == [0, 1, 2]
     assert R.pareto_front(recs[:4], 1)[0]["index"] == 0
+
+
+class _OverrateByOrder(SyntheticFitness):
+    """On every item (verification) a candidate scores the reverse of its estimate: the search's best by
+    estimate is the worst verified, so a ranking by estimate and one by verified score disagree."""
+
+    def __call__(self, job):
+        out = super().__call__(job)
+        if job.full_responses and out.objectives:
+            out.raw = {t: 1.0 - v for t, v in out.objectives.items()}
+            out.items_evaluated = 100 * len(self.tasks)
+        return out
+
+
+def test_verified_winners_rank_by_every_item(micro_world, tmp_path, capsys):
+    from merge3.search.status import print_status
+
+    cfg = synth_cfg(micro_world, name="ga")
+    cfg["objectives"] = {"mode": "weighted_sum"}
+    cfg["fitness"]["verify_top_k"] = 3
+    res = R.run(cfg, run_dir=tmp_path / "run", progress=False, evaluate=_OverrateByOrder(cfg["tasks"]))
+    assert len(res.verified) == 3 and res.verification_items == 3 * 200
+    by_estimate = sorted(res.verified, key=lambda e: -e["objectives"]["weighted_sum"])
+    assert [e["candidate"] for e in res.verified] == [e["candidate"] for e in reversed(by_estimate)]
+    best = res.verified[0]
+    assert all(abs(best["verified"][t] + best["estimates"][t] - 1.0) < 1e-12 for t in cfg["tasks"])
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert [e["candidate"] for e in result["verified"]] == [e["candidate"] for e in res.verified]
+    lines = (tmp_path / "run" / "verified.jsonl").read_text().splitlines()
+    R.resume(tmp_path / "run", progress=False, evaluate=_OverrateByOrder(cfg["tasks"]))
+    assert (tmp_path / "run" / "verified.jsonl").read_text().splitlines() == lines  # verified once
+    info = print_status(tmp_path / "run", as_json=True, plot=False)
+    capsys.readouterr()
+    assert info["cost"]["verification_items"] == 600 and info["verified"][0]["candidate"] == best["candidate"]
+
+
+def test_no_verification_with_k0(micro_world, tmp_path):
+    cfg = synth_cfg(micro_world, generations=1)
+    cfg["fitness"]["verify_top_k"] = 0
+    res = R.run(cfg, run_dir=tmp_path / "a", progress=False, evaluate=SyntheticFitness(cfg["tasks"]))
+    assert res.verified == [] and not (tmp_path / "a" / "verified.jsonl").exists()

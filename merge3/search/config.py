@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
+from ..calibration import DEFAULT_RANDOM_MERGES, check_irt_settings
 from ..irt.anchors import METHODS as ANCHOR_METHODS
 from ..irt.estimators import ESTIMATORS
 from ..scoring import FITNESS_TYPES
@@ -26,7 +27,6 @@ from ..yamlfile import read_yaml_mapping
 from .algorithms import ALGORITHMS, MULTI_OBJECTIVE, SINGLE_OBJECTIVE
 
 REQUIRED = object()  # the default of a key that has none
-DEFAULT_RANDOM_MERGES = 12  # calibration population: random merges besides base and endpoints (search and calibrate)
 
 
 def key(doc: str, default=REQUIRED):
@@ -80,6 +80,10 @@ class Fitness:
                                   "without one)", "auto")
     anchors: AnchorSettings = section(AnchorSettings, "anchor items")
     calibration_settings: CalibrationSettings = section(CalibrationSettings, "the auto calibration")
+    verify_top_k: int = key("irt/anchor fitness: when the search ends, this many of its best candidates by "
+                            "estimate (single objective: the top k; several: the Pareto front's first k by mean "
+                            "objective) are scored on every item; status, result.json and export rank by these "
+                            "verified scores, and their items count in the cost (0: none)", 3)
 
 
 @dataclass(frozen=True)
@@ -152,8 +156,10 @@ class SearchConfig:
         return _typed(cls, _fill(d, cls, where, keep_none=True))
 
     def digest(self) -> str:
-        """Hash of everything that determines the search's evaluations (not its name or worker layout)."""
+        """Hash of everything that determines the search's evaluations (not its name or worker layout, nor
+        the verification after the search: it changes no evaluation the search makes)."""
         keep = {k: v for k, v in self.to_dict().items() if k not in ("name", "workers")}
+        keep["fitness"] = {k: v for k, v in keep["fitness"].items() if k != "verify_top_k"}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -338,13 +344,12 @@ def _check_fitness(fit: dict, seed: int, raw_fitness: dict, base_dir: Path | Non
     cal = fit["calibration"]
     if isinstance(cal, str) and cal != "auto" and base_dir is not None and not Path(cal).is_absolute():
         fit["calibration"] = str((base_dir / cal).resolve())
+    _num(fit["verify_top_k"], "fitness.verify_top_k", 0, integer=True)
     cs = fit["calibration_settings"]
     _num(cs["n_random_merges"], "fitness.calibration_settings.n_random_merges", 0, integer=True)
     if not isinstance(cs["irt"], dict):
         raise ValueError("config key 'fitness.calibration_settings.irt': expected a mapping")
-    from ..calibration import check_irt_settings
-
-    check_irt_settings(cs["irt"], "fitness.calibration_settings.irt")
+    check_irt_settings(cs["irt"], "fitness.calibration_settings.irt", what="config")
 
 
 def _check_algorithm(alg: dict, n_obj: int) -> None:

@@ -13,10 +13,16 @@ import time
 from pathlib import Path
 
 
-def choose(info_records: list[dict], cfg, front: bool, top: int | None) -> list[dict]:
-    from .front import pareto_front
+def choose(info_records: list[dict], cfg, front: bool, top: int | None, verified: dict | None = None) -> list[dict]:
+    """The candidates to export: the K best by estimate (``top``), the estimated Pareto front (``front``), or
+    by default the verified ranking when the search verified candidates (else the estimated front)."""
+    from .front import objective_vector, pareto_front
 
     records = [r for r in info_records if r.get("status") == "ok"]
+    checked = {k: v for k, v in (verified or {}).items() if v.get("status") == "ok"}
+    if checked and top is None and not front:
+        keyed = [(r, checked.get((r["generation"], r["index"]))) for r in records]
+        return pareto_front([dict(r, F=objective_vector(cfg, v["full"])) for r, v in keyed if v], cfg.n_objectives)
     if top is not None:
         if top < 1:
             raise ValueError("--top K: K must be at least 1")
@@ -48,11 +54,12 @@ def export_run(run_dir, out_dir, front: bool = False, top: int | None = None, ev
     from ..evaluation.lmeval import accuracy
     from ..merging.export import export_merged
     from ..scoring import CandidateScorer, ScorerSpec
-    from .rundir import read_run
+    from .rundir import RunDir
 
     rd, out = Path(run_dir), Path(out_dir)
-    cfg, meta, records = read_run(rd)
-    chosen = thin(choose(records, cfg, front, top), max_candidates)
+    run = RunDir(rd)
+    cfg, meta, records, verified = run.read_config(), run.read_meta(), run.records(), run.verified()
+    chosen = thin(choose(records, cfg, front, top, verified), max_candidates)
     if not chosen:
         raise ValueError(f"{rd}: no successfully evaluated candidate to export yet")
     clash = [c["candidate"] for c in chosen if (out / c["candidate"]).exists()]

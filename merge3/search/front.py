@@ -35,8 +35,47 @@ def pareto_front(records: list[dict], n_obj: int) -> list[dict]:
     return front
 
 
-def front_entry(rec: dict, objective_names: list[str]) -> dict:
-    """A front member as ``status``, ``progress.json`` and ``result.json`` show it."""
-    return {"candidate": rec["candidate"], "generation": rec["generation"], "index": rec["index"],
-            "genome": rec["genome"], "seed": rec["seed"],
-            "objectives": {n: -f for n, f in zip(objective_names, rec["F"])}, "estimates": rec["objectives"]}
+def to_verify(records: list[dict], n_obj: int, k: int) -> list[dict]:
+    """The candidates a search re-scores on every item: the ``k`` best by estimate (one objective), or the first
+    ``k`` members of the estimated Pareto front by mean objective (several). Distinct genomes only."""
+    if k <= 0:
+        return []
+    ok = [r for r in records if r.get("status") == "ok" and r.get("F") is not None]
+    pool = ok if n_obj == 1 else pareto_front(ok, n_obj)
+    out, seen = [], set()
+    for r in sorted(pool, key=lambda r: (sum(r["F"]) / len(r["F"]), r["generation"], r["index"])):
+        if tuple(r["genome"]) not in seen:
+            seen.add(tuple(r["genome"]))
+            out.append(r)
+        if len(out) == k:
+            break
+    return out
+
+
+def front_entry(rec: dict, objective_names: list[str], verified: dict | None = None) -> dict:
+    """A front member as ``status``, ``progress.json`` and ``result.json`` show it (with its scores on every
+    item when it was verified)."""
+    entry = {"candidate": rec["candidate"], "generation": rec["generation"], "index": rec["index"],
+             "genome": rec["genome"], "seed": rec["seed"],
+             "objectives": {n: -f for n, f in zip(objective_names, rec["F"])}, "estimates": rec["objectives"]}
+    v = (verified or {}).get((rec["generation"], rec["index"]))
+    if v is not None:
+        entry["verified"] = v["full"]
+    return entry
+
+
+def verified_ranking(records: list[dict], verified: dict, cfg: SearchConfig) -> list[dict]:
+    """Verified candidates ranked by their verified objectives (one objective: best first; several: the
+    verified Pareto front first, then the rest), each with its estimates and verified scores."""
+    by_key = {(r["generation"], r["index"]): r for r in records}
+    rows = []
+    for key, v in verified.items():
+        if v.get("status") == "ok" and key in by_key:
+            rec = by_key[key]
+            rows.append({**front_entry(rec, cfg.objective_names, verified), "F": objective_vector(cfg, v["full"])})
+    front = {(r["generation"], r["index"]) for r in pareto_front(rows, cfg.n_objectives)}
+    rows.sort(key=lambda r: ((r["generation"], r["index"]) not in front, sum(r["F"]) / len(r["F"]),
+                             r["generation"], r["index"]))
+    for r in rows:
+        r["verified_objectives"] = {n: -f for n, f in zip(cfg.objective_names, r.pop("F"))}
+    return rows

@@ -69,25 +69,29 @@ def prepare(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> tuple[ScorerSpe
     cal_dir = ensure_calibration(cfg, rd, pool_factory, say)
     meta = rd.read_meta()
     saved = rd.read_anchor_items()
-    suite = None
-    if not meta:
-        from ..evaluation.lmeval import EvalOptions, TaskSuite
+    suites = []
 
-        suite = TaskSuite(cfg.tasks, include_path=cfg.include_path, options=EvalOptions.from_dict(cfg.evaluation),
-                          cache_dir=str(rd.path))
+    def suite():  # the tasks' items, loaded only when anchors must be drawn or meta.json written
+        if not suites:
+            from ..evaluation.lmeval import EvalOptions, TaskSuite
+
+            suites.append(TaskSuite(cfg.tasks, include_path=cfg.include_path,
+                                    options=EvalOptions.from_dict(cfg.evaluation), cache_dir=str(rd.path)))
+        return suites[0]
+
     anchors = None
     if cfg.fitness.type != "full":
         if saved is not None and not cal_dir:
             anchors = Anchors.uniform(saved, method="random", seed=cfg.fitness.anchors.seed)
         else:
-            anchors = choose_anchors(cfg, cal_dir, suite.item_ids if suite else None)
+            anchors = choose_anchors(cfg, cal_dir, lambda task: suite().item_ids(task))
             if saved is None:
                 rd.write_anchor_items(anchors.items)
             elif saved != anchors.items:
                 raise ValueError(f"{rd / ANCHORS} does not match the calibration's anchor selection")
     if not meta:
         genome = make_genome(cfg)
-        n_items = suite.n_items()
+        n_items = suite().n_items()
         meta = {"config_digest": cfg.digest(), "genome_names": list(genome.names()), "genome_dim": int(genome.dim),
                 "n_items": n_items, "calibration": cal_dir,
                 "anchor_counts": {t: len(v) for t, v in (anchors.items if anchors else {}).items()},

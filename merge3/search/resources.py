@@ -108,15 +108,14 @@ def load_config(path_or_config, name: str | None = None, base_dir: Path | None =
                 check: bool = True) -> SearchConfig:
     """Reads (if a path), normalizes, resolves and (``check``) validates a search config. Writes nothing."""
     if isinstance(path_or_config, SearchConfig):
-        return path_or_config
-    if isinstance(path_or_config, (str, Path)):
+        cfg = path_or_config
+    elif isinstance(path_or_config, (str, Path)):
         p = Path(path_or_config)
-        raw = read_yaml(p)
-        name = name or p.stem
         base_dir = base_dir or p.resolve().parent
+        cfg = normalize(read_yaml(p), name=name or p.stem, base_dir=base_dir)
     else:
-        raw = copy.deepcopy(path_or_config)
-    cfg = resolve_paths(normalize(raw, name=name, base_dir=base_dir), base_dir=base_dir or Path.cwd())
+        cfg = normalize(copy.deepcopy(path_or_config), name=name, base_dir=base_dir)
+    cfg = resolve_paths(cfg, base_dir=base_dir or Path.cwd())
     if check:
         validate_resources(cfg)
     return cfg

@@ -5,6 +5,7 @@
     anchors.json         the anchor items per task (when the fitness uses anchors)
     calibration/         the calibration, when ``fitness.calibration: auto``
     evaluations.jsonl    append-only, fsynced: one line per evaluated candidate
+    verified.jsonl       append-only, fsynced: the best candidates re-scored on every item after the search
     checkpoint.pkl       dill: algorithm (incl. its RNG), generation, numpy/python RNG states; atomic replace
     progress.json        generation, evaluations, done, front so far (atomic replace; read by ``status``)
     result.json          the final front, written when the search is done
@@ -29,6 +30,7 @@ CONFIG = "config.yaml"
 META = "meta.json"
 ANCHORS = "anchors.json"
 LOG = "evaluations.jsonl"
+VERIFIED = "verified.jsonl"
 CHECKPOINT = "checkpoint.pkl"
 PROGRESS = "progress.json"
 RESULT = "result.json"
@@ -144,6 +146,7 @@ class RunDir:
     def __init__(self, path):
         self.path = Path(path)
         self.log = EvalLog(self.path / LOG)
+        self.verified_log = EvalLog(self.path / VERIFIED)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -204,6 +207,10 @@ class RunDir:
         """The evaluation log, one record per candidate (the last line wins), in (generation, index) order."""
         recs = {(r["generation"], r["index"]): r for r in self.log.read(repair=repair)}
         return sorted(recs.values(), key=lambda r: (r["generation"], r["index"]))
+
+    def verified(self) -> dict[tuple[int, int], dict]:
+        """(generation, index) -> the candidate's scores on every item, for the candidates verified so far."""
+        return {(r["generation"], r["index"]): r for r in self.verified_log.read()}
 
     # ---------------------------------------------------------------- checkpoint
 

@@ -19,7 +19,7 @@ import numpy as np
 from ..scoring import CandidateJob, Score, candidate_seed
 from .algorithms import make_algorithm, make_problem
 from .config import SearchConfig
-from .front import front_entry, objective_vector, pareto_front
+from .front import front_entry, objective_vector, pareto_front, to_verify, verified_ranking
 from .prepare import prepare
 from .resources import load_config
 from .rundir import RunDir, RunDirectoryLocked, RunLock  # noqa: F401  (RunDirectoryLocked: part of the API)
@@ -41,6 +41,8 @@ class SearchResult:
     wall_seconds: float
     generations: int
     done: bool
+    verified: list[dict] = field(default_factory=list)  # re-scored on every item, best first
+    verification_items: int = 0
     extra: dict = field(default_factory=dict)
 
 
@@ -186,7 +188,8 @@ class Search:
                     jobs.append(CandidateJob(generation=gen, index=i, x=tuple(float(v) for v in x),
                                              seed=candidate_seed(cfg.seed, gen, i)))
                 bar = _progress(len(X), f"generation {gen + 1}/{G}", self.show, unit="candidates")
-                bar.update(len(X) - len(jobs))
+                if len(X) > len(jobs):
+                    bar.update(len(X) - len(jobs))
                 if jobs:
                     pool = pool or self._open_pool(spec)
                     for res in pool.run(jobs):
@@ -207,18 +210,51 @@ class Search:
                 self._write_progress(gen, done, logged)
                 if self.show:
                     _say(self._summary_line(gen, logged))
+            if done:
+                pool = self._verify(spec, list(logged.values()), pool)
         finally:
             if pool is not None:
                 pool.close()
         records = sorted(logged.values(), key=lambda r: (r["generation"], r["index"]))
         front = pareto_front(records, n_obj)
+        verified = self.rd.verified()
+        ranking = verified_ranking(records, verified, cfg)
         if done:
             self.rd.write_result({"done": True, "generation": gen, "evaluations": len(records),
-                                  "front": [front_entry(r, cfg.objective_names) for r in front]})
+                                  "front": [front_entry(r, cfg.objective_names, verified) for r in front],
+                                  "verified": ranking})
         return SearchResult(run_dir=self.run_dir, front=front, evaluations=records, n_evaluations=len(records),
                             items_evaluated=sum(r["items_evaluated"] for r in records),
                             full_items_per_candidate=sum(self.meta["n_items"].values()),
-                            wall_seconds=time.time() - t_start, generations=gen, done=done)
+                            wall_seconds=time.time() - t_start, generations=gen, done=done, verified=ranking,
+                            verification_items=sum(v["items_evaluated"] for v in verified.values()))
+
+    def _verify(self, spec, records: list[dict], pool):
+        """Scores the best candidates by estimate on every item (``fitness.verify_top_k``), once each; returns
+        the pool (opened here when the search itself needed none)."""
+        k = self.cfg.fitness.verify_top_k if self.cfg.fitness.type != "full" else 0
+        done = self.rd.verified()
+        chosen = [r for r in to_verify(records, self.cfg.n_objectives, k)
+                  if (r["generation"], r["index"]) not in done]
+        if not chosen:
+            return pool
+        if self.show:
+            _say(f"verifying the {len(chosen)} best candidate(s) by estimate on every item")
+        pool = pool or self._open_pool(spec)
+        by_key = {(r["generation"], r["index"]): r for r in chosen}
+        jobs = [CandidateJob(generation=r["generation"], index=r["index"], x=tuple(r["genome"]), seed=r["seed"],
+                             full_responses=True) for r in chosen]
+        for res in pool.run(jobs):
+            rec = by_key[(res.generation, res.index)]
+            self.rd.verified_log.append({
+                "candidate": rec["candidate"], "generation": res.generation, "index": res.index,
+                "status": res.status, "error": res.error, "full": res.raw if res.status == "ok" else None,
+                "estimates": rec["objectives"], "items_evaluated": int(res.items_evaluated),
+                "seconds": round(float(res.seconds), 4)})
+            if self.show and res.status == "ok":
+                _say(f"verified {rec['candidate']}: " + ", ".join(
+                    f"{t} estimated {rec['objectives'][t]:.3f}, every item {res.raw[t]:.3f}" for t in self.cfg.tasks))
+        return pool
 
     def _summary_line(self, gen: int, logged: dict) -> str:
         front = pareto_front(list(logged.values()), self.cfg.n_objectives)

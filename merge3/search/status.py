@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .front import front_entry, pareto_front
+from .front import front_entry, pareto_front, verified_ranking
 from .rundir import RunDir
 
 
@@ -21,21 +21,26 @@ def collect(run_dir) -> dict:
     front = pareto_front(records, cfg.n_objectives)
     budget = cfg.budget
     full_per = sum((meta.get("n_items") or {}).values())
-    items = sum(r.get("items_evaluated", 0) for r in records)
+    verified = rd.verified()
+    search_items = sum(r.get("items_evaluated", 0) for r in records)
+    ver_items = sum(v.get("items_evaluated", 0) for v in verified.values())
+    items = search_items + ver_items
     full = full_per * len(records)
     cal_items = int(meta.get("calibration_items") or 0)
-    cost = {"items_evaluated": items, "items_full_evaluation": full,
+    cost = {"items_evaluated": search_items, "verification_items": ver_items, "items_full_evaluation": full,
             "fraction_of_full": (items / full) if full else None,
             "saved_fraction": (1 - items / full) if full else None,
             "calibration_items": cal_items,
             "saved_fraction_incl_calibration": (1 - (items + cal_items) / full) if full else None,
-            "evaluation_seconds": sum(r.get("seconds", 0.0) for r in records)}
+            "evaluation_seconds": sum(r.get("seconds", 0.0) for r in records)
+            + sum(v.get("seconds", 0.0) for v in verified.values())}
     return {"run_dir": str(rd.path), "name": cfg.name, "algorithm": cfg.algorithm.name,
             "generation": prog.get("generation", 0), "generations": cfg.algorithm.generations,
             "evaluations": len(records), "budget": budget, "budget_left": max(0, budget - len(records)),
             "failed": sum(1 for r in records if r.get("status") != "ok"), "done": done,
             "objective_names": cfg.objective_names,
-            "front": [front_entry(r, cfg.objective_names) for r in front], "cost": cost, "_records": records}
+            "front": [front_entry(r, cfg.objective_names, verified) for r in front],
+            "verified": verified_ranking(records, verified, cfg), "cost": cost, "_records": records}
 
 
 def plot(info: dict, out: Path) -> Path | None:
@@ -113,7 +118,8 @@ def print_status(run_dir, as_json: bool = False, plot: bool = True) -> dict:
     print(f"generation {info['generation']}/{info['generations']}, {info['evaluations']} evaluations "
           f"({info['failed']} failed), budget left {info['budget_left']} of {info['budget']}")
     if c["items_full_evaluation"]:
-        print(f"cost: {c['items_evaluated']} items evaluated vs {c['items_full_evaluation']} for full evaluation "
+        ver = f" + {c['verification_items']} verifying" if c["verification_items"] else ""
+        print(f"cost: {c['items_evaluated']} items evaluated{ver} vs {c['items_full_evaluation']} for full evaluation "
               f"({100 * c['saved_fraction']:.1f}% saved"
               + (f"; {100 * c['saved_fraction_incl_calibration']:.1f}% counting the calibration's "
                  f"{c['calibration_items']} items" if c["calibration_items"] else "") + ")")
@@ -123,6 +129,12 @@ def print_status(run_dir, as_json: bool = False, plot: bool = True) -> dict:
     for e in info["front"]:
         g = ", ".join(f"{v:.3f}" for v in e["genome"])
         print(f"  {e['candidate']:<14} " + "  ".join(f"{e['objectives'][n]:>14.4f}" for n in names) + f"   [{g}]")
+    if info["verified"]:
+        print(f"verified on every item ({len(info['verified'])}), best first:")
+        print("  candidate      " + "  ".join(f"{n + ' est/all':>24}" for n in names))
+        for e in info["verified"]:
+            print(f"  {e['candidate']:<14} " + "  ".join(
+                f"{e['objectives'][n]:>11.4f} / {e['verified_objectives'][n]:<10.4f}" for n in names))
     if info.get("plot"):
         print(f"plot: {info['plot']}")
     return info

@@ -137,7 +137,7 @@ class RayPool:
             self.actors.remove(dead)
         try:
             self.ray.kill(dead)
-        except ValueError:  # not an actor handle Ray still knows
+        except Exception:  # best effort: the actor is gone already; a failed kill must not stop the search
             pass
         if self.replacements < self.max_replacements:
             self.replacements += 1
@@ -151,7 +151,7 @@ class RayPool:
         for a in self.actors:
             try:
                 self.ray.kill(a)
-            except ValueError:
+            except Exception:  # best effort: close() runs in finally blocks and must not hide their error
                 pass
         self.actors = []
         if self.owns_ray:
