@@ -32,7 +32,7 @@ def micro_run(micro_world, tmp_path_factory):
 
 def test_micro_search_completes(micro_run):
     run_dir, r = micro_run
-    for f in ("config.yaml", "meta.json", "anchors.json", "evaluations.jsonl", "checkpoint.pkl", "result.json",
+    for f in ("config.yaml", "meta.json", "anchors.json", "evaluations.jsonl", "verified.jsonl", "result.json",
               "calibration/calibration.json"):
         assert (run_dir / f).exists(), f
     log = [json.loads(x) for x in (run_dir / "evaluations.jsonl").read_text().splitlines()]

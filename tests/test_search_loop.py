@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from merge3.search import runner as R
+from merge3.search.rundir import RunDir
 from merge3.search.testing import SimulatedKill, StopAfter, SyntheticFitness
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ def test_algorithms_run_and_log(name, mode, micro_world, tmp_path):
         for key in ("candidate", "genome", "objectives", "anchors", "worker", "time", "seconds", "items_evaluated"):
             assert key in rec
         assert all(0.0 <= v <= 1.0 for v in rec["genome"])
-    assert (tmp_path / "run" / "checkpoint.pkl").exists() and (tmp_path / "run" / "result.json").exists()
+    assert (tmp_path / "run" / "result.json").exists() and (tmp_path / "run" / "progress.json").exists()
     assert res.front
     if mode == "weighted_sum":
         assert len(res.front) == 1
@@ -57,8 +58,11 @@ def test_failures_get_the_penalty(micro_world, tmp_path):
         assert r["error"] and all(v == 0.0 for v in r["objectives"].values())
 
 
-def test_resume_after_stop_equals_uninterrupted(micro_world, tmp_path):
-    cfg = synth_cfg(micro_world, generations=4)
+@pytest.mark.parametrize("name, mode", [("nsga2", "per_task"), ("nsga3", "per_task"), ("ga", "weighted_sum"),
+                                        ("de", "weighted_sum"), ("cmaes", "weighted_sum")])
+def test_resume_after_stop_equals_uninterrupted(name, mode, micro_world, tmp_path):
+    cfg = synth_cfg(micro_world, generations=4, name=name, pop_size=4 if name != "nsga3" else 5)
+    cfg["objectives"] = {"mode": mode}
     fit = SyntheticFitness(cfg["tasks"])
     full = R.run(cfg, run_dir=tmp_path / "a", progress=False, evaluate=fit)
     for stop in (3, 5, 2):  # stop mid-generation repeatedly, as if killed
@@ -149,3 +153,44 @@ def test_no_verification_with_k0(micro_world, tmp_path):
     cfg["fitness"]["verify_top_k"] = 0
     res = R.run(cfg, run_dir=tmp_path / "a", progress=False, evaluate=SyntheticFitness(cfg["tasks"]))
     assert res.verified == [] and not (tmp_path / "a" / "verified.jsonl").exists()
+
+
+class _Hostile:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_executes_nothing_from_the_run_directory(micro_world, tmp_path):
+    """A run directory is data: a pickle planted in it (as older versions' checkpoint.pkl) is never loaded."""
+    import pickle
+
+    cfg = synth_cfg(micro_world, generations=3)
+    fit = SyntheticFitness(cfg["tasks"])
+    ref = R.run(cfg, run_dir=tmp_path / "ref", progress=False, evaluate=fit)
+    with pytest.raises(SimulatedKill):
+        R.run(cfg, run_dir=tmp_path / "run", progress=False, evaluate=StopAfter(fit, 5))
+    marker = tmp_path / "pwned"
+    for name in ("checkpoint.pkl", "state.pkl"):
+        (tmp_path / "run" / name).write_bytes(pickle.dumps(_Hostile(str(marker))))
+    res = R.resume(tmp_path / "run", progress=False, evaluate=fit)
+    from merge3.search.export import choose
+    from merge3.search.status import collect
+
+    collect(tmp_path / "run")
+    assert not marker.exists()
+    assert [(r["candidate"], r["F"]) for r in res.evaluations] == [(r["candidate"], r["F"]) for r in ref.evaluations]
+    assert choose(res.evaluations, RunDir(tmp_path / "run").read_config(), True, None)
+
+
+def test_resume_refuses_an_edited_config(micro_world, tmp_path):
+    cfg = synth_cfg(micro_world, generations=2)
+    fit = SyntheticFitness(cfg["tasks"])
+    with pytest.raises(SimulatedKill):
+        R.run(cfg, run_dir=tmp_path / "run", progress=False, evaluate=StopAfter(fit, 3))
+    text = (tmp_path / "run" / "config.yaml").read_text()
+    (tmp_path / "run" / "config.yaml").write_text(text.replace("generations: 2", "generations: 3"))
+    with pytest.raises(ValueError, match="config.yaml was changed"):
+        R.resume(tmp_path / "run", progress=False, evaluate=fit)

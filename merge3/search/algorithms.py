@@ -73,6 +73,17 @@ def make_algorithm(name: str, pop_size: int, n_obj: int, options: dict):
         raise ValueError(f"config key 'algorithm.options': {exc}") from None
 
 
+def start_algorithm(name: str, pop_size: int, n_obj: int, options: dict, problem, seed: int):
+    """A fresh algorithm set up on ``problem`` with its randomness fixed by ``seed``: the same seed gives the same
+    proposals in any process, which is what lets a resume replay a search instead of unpickling it."""
+    from pymoo.core.termination import NoTermination
+
+    algorithm = make_algorithm(name, pop_size, n_obj, options)
+    # the cma library draws from numpy's global generator and takes seed 0 for "seed from the clock"
+    algorithm.setup(problem, termination=NoTermination(), seed=seed + 1 if name == "cmaes" else seed)
+    return algorithm
+
+
 def make_problem(n_var: int, n_obj: int):
     """The unit box pymoo searches: genes live in [0, 1] and map onto the genome's bounds."""
     from pymoo.core.problem import Problem

@@ -15,7 +15,7 @@ from ..irt import Anchors, Calibration, select_anchors
 from ..scoring import ScorerSpec
 from .config import SearchConfig
 from .resources import make_genome
-from .rundir import ANCHORS, CALIBRATION, RunDir, read_json
+from .rundir import ANCHORS, CALIBRATION, CONFIG, RunDir, read_json
 
 
 def auto_calibration_config(cfg: SearchConfig) -> CalibrationConfig:
@@ -66,8 +66,11 @@ def choose_anchors(cfg: SearchConfig, cal_dir: str | None, item_ids) -> Anchors:
 
 def prepare(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> tuple[ScorerSpec, dict]:
     """Calibrates (auto), picks anchors and writes meta.json on the first run; re-reads them on resume."""
-    cal_dir = ensure_calibration(cfg, rd, pool_factory, say)
     meta = rd.read_meta()
+    if meta and meta.get("config_digest") != cfg.digest():
+        raise ValueError(f"{rd / CONFIG} was changed after the search started (its digest is not the one in "
+                         f"{rd / 'meta.json'}); restore it, or start a new run directory")
+    cal_dir = ensure_calibration(cfg, rd, pool_factory, say)
     saved = rd.read_anchor_items()
     suites = []
 

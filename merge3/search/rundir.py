@@ -6,15 +6,17 @@
     calibration/         the calibration, when ``fitness.calibration: auto``
     evaluations.jsonl    append-only, fsynced: one line per evaluated candidate
     verified.jsonl       append-only, fsynced: the best candidates re-scored on every item after the search
-    checkpoint.pkl       dill: algorithm (incl. its RNG), generation, numpy/python RNG states; atomic replace
     progress.json        generation, evaluations, done, front so far (atomic replace; read by ``status``)
     result.json          the final front, written when the search is done
     status.png           written by ``merge3 status``
     .lock                held (flock) by the process running the search
 
-Every file but the log is replaced atomically (written to a temporary sibling, fsynced, renamed), so a crash
-never leaves one half-written; the log is appended a fsynced line at a time, and a line cut by a crash is
+Every file but the logs is replaced atomically (written to a temporary sibling, fsynced, renamed), so a crash
+never leaves one half-written; the logs are appended a fsynced line at a time, and a line cut by a crash is
 dropped on the next resume. ``status`` and ``export`` read a run directory without taking its lock.
+
+A run directory holds data only (YAML read with ``safe_load``, JSON, safetensors in the calibration): resuming,
+exporting or showing one executes nothing from it. A ``checkpoint.pkl`` left by an older merge3 is ignored.
 """
 
 from __future__ import annotations
@@ -31,11 +33,9 @@ META = "meta.json"
 ANCHORS = "anchors.json"
 LOG = "evaluations.jsonl"
 VERIFIED = "verified.jsonl"
-CHECKPOINT = "checkpoint.pkl"
 PROGRESS = "progress.json"
 RESULT = "result.json"
 CALIBRATION = "calibration"
-CHECKPOINT_VERSION = 1
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -211,24 +211,6 @@ class RunDir:
     def verified(self) -> dict[tuple[int, int], dict]:
         """(generation, index) -> the candidate's scores on every item, for the candidates verified so far."""
         return {(r["generation"], r["index"]): r for r in self.verified_log.read()}
-
-    # ---------------------------------------------------------------- checkpoint
-
-    def save_checkpoint(self, state: dict) -> None:
-        import dill
-
-        atomic_write(self.path / CHECKPOINT, dill.dumps({"version": CHECKPOINT_VERSION, **state}))
-
-    def load_checkpoint(self) -> dict | None:
-        import dill
-
-        path = self.path / CHECKPOINT
-        if not path.exists():
-            return None
-        try:
-            return dill.loads(path.read_bytes())
-        except (EOFError, ValueError, TypeError, AttributeError, ImportError, dill.UnpicklingError) as exc:
-            raise ValueError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
 
 
 def read_run(run_dir) -> tuple[SearchConfig, dict, list[dict]]:

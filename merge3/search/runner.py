@@ -1,14 +1,15 @@
-"""The search loop: pymoo ask-and-tell over merge genomes, scored by a worker pool, checkpointed per generation.
+"""The search loop: pymoo ask-and-tell over merge genomes, scored by a worker pool, logged candidate by candidate.
 
 Determinism: candidate (generation, index) is merged with a seed derived from (run seed, generation, index),
-so its result does not depend on which worker scored it. On resume the algorithm is restored from the last
-checkpoint; every candidate it proposes again that the log already holds (same generation, index and genome)
-is taken from the log instead of being scored again. The run directory's files: :mod:`merge3.search.rundir`.
+so its result does not depend on which worker scored it, and pymoo draws from its own generator seeded by the
+run seed. So a resume needs no pickled state: it sets the algorithm up from the seed again and replays
+ask-and-tell, taking every candidate the log already holds (same generation, index and genome) from the log
+instead of scoring it again. Nothing in a run directory is unpickled or executed (see
+:mod:`merge3.search.rundir`).
 """
 
 from __future__ import annotations
 
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..scoring import CandidateJob, Score, candidate_seed
-from .algorithms import make_algorithm, make_problem
+from .algorithms import make_problem, start_algorithm
 from .config import SearchConfig
 from .front import front_entry, objective_vector, pareto_front, to_verify, verified_ranking
 from .prepare import prepare
@@ -105,24 +106,6 @@ class Search:
             return None
         return lambda spec: self.pool_factory(spec, self.cfg.workers, self.address, log=_say)
 
-    # ---------------------------------------------------------------- checkpoint
-
-    def _save_checkpoint(self, algorithm, generation: int, done: bool) -> None:
-        self.rd.save_checkpoint({"config_digest": self.cfg.digest(), "generation": generation, "done": done,
-                                 "algorithm": algorithm, "np_random": np.random.get_state(),
-                                 "py_random": random.getstate(), "time": time.time()})
-
-    def _load_checkpoint(self):
-        state = self.rd.load_checkpoint()
-        if state is None:
-            return None
-        if state.get("config_digest") != self.cfg.digest():
-            raise ValueError(f"{self.rd / 'checkpoint.pkl'} was written for a different config than "
-                             f"{self.rd / 'config.yaml'}")
-        np.random.set_state(state["np_random"])
-        random.setstate(state["py_random"])
-        return state
-
     # ---------------------------------------------------------------- the loop
 
     def run(self) -> SearchResult:
@@ -150,7 +133,6 @@ class Search:
 
     def _loop(self, spec, t_start: float) -> SearchResult:
         from pymoo.core.evaluator import Evaluator
-        from pymoo.core.termination import NoTermination
         from pymoo.problems.static import StaticProblem
 
         from ..progress import progress as _progress
@@ -159,17 +141,13 @@ class Search:
         G, n_obj = cfg.algorithm.generations, cfg.n_objectives
         problem = make_problem(int(self.meta["genome_dim"]), n_obj)
         logged = {(r["generation"], r["index"]): r for r in self.rd.records(repair=True)}
-        state = self._load_checkpoint()
-        if state is not None:
-            algorithm, gen, done = state["algorithm"], state["generation"], state["done"]
-        else:
-            a = cfg.algorithm
-            algorithm, gen, done = make_algorithm(a.name, a.pop_size, n_obj, a.options), 0, False
-            algorithm.setup(problem, termination=NoTermination(), seed=cfg.seed)
-        if self.show and (done or gen >= G):
+        a = cfg.algorithm
+        algorithm, gen, done = start_algorithm(a.name, a.pop_size, n_obj, a.options, problem, cfg.seed), 0, False
+        if self.show and self.rd.is_done():
             _say(f"the search in {self.run_dir} has already finished ({len(logged)} evaluations)")
         elif logged and self.show:
-            _say(f"resuming at generation {gen + 1}/{G} with {len(logged)} logged evaluation(s)")
+            _say(f"resuming: replaying {len(logged)} logged evaluation(s), then generation "
+                 f"{1 + max(g for g, _ in logged)}/{G} onwards")
         pool = None
         try:
             while gen < G and not done:
@@ -187,7 +165,8 @@ class Search:
                         continue
                     jobs.append(CandidateJob(generation=gen, index=i, x=tuple(float(v) for v in x),
                                              seed=candidate_seed(cfg.seed, gen, i)))
-                bar = _progress(len(X), f"generation {gen + 1}/{G}", self.show, unit="candidates")
+                replayed = not jobs
+                bar = _progress(len(X), f"generation {gen + 1}/{G}", self.show and not replayed, unit="candidates")
                 if len(X) > len(jobs):
                     bar.update(len(X) - len(jobs))
                 if jobs:
@@ -206,9 +185,8 @@ class Search:
                 algorithm.tell(infills=pop)
                 gen += 1
                 done = gen >= G or algorithm.termination.has_terminated()
-                self._save_checkpoint(algorithm, gen, done)
                 self._write_progress(gen, done, logged)
-                if self.show:
+                if self.show and not replayed:
                     _say(self._summary_line(gen, logged))
             if done:
                 pool = self._verify(spec, list(logged.values()), pool)
