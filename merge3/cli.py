@@ -76,6 +76,9 @@ def _demo(a) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="merge3", description=__doc__.split("\n")[0] if __doc__ else None)
     p.add_argument("--version", action="version", version="merge3 0.1.0")
+    p.add_argument("--verbose", action="store_true",
+                   help="show the progress bars, logs and warnings of lm-eval, datasets, transformers, py-irt and Ray "
+                        "(default: merge3's own progress only; a search logs the rest to RUN_DIR/third_party.log)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     w = sub.add_parser("world", help="the tiny self-contained world (models and benchmarks)")
@@ -147,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        from .quiet import quiet_third_party
+
+        quiet_third_party()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as exc:

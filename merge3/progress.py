@@ -36,5 +36,6 @@ def progress(total: int, desc: str, enabled: bool = True, unit: str = "steps"):
     if sys.stderr.isatty():
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit.rstrip("s") or unit)
+        # disable=False explicitly: quiet mode turns third-party bars off through TQDM_DISABLE (merge3.quiet)
+        return tqdm(total=total, desc=desc, unit=unit.rstrip("s") or unit, disable=False)
     return LineProgress(total, desc, unit)

@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..quiet import muted
+
 Responses = dict[str, dict[str, int]]  # task -> item id -> 1 (correct) / 0
 
 
@@ -141,10 +143,11 @@ class TaskSuite:
             if not task_dict:
                 return {t: {} for t in items}
         o = self.options
-        res = evaluate(lm=lm, task_dict=task_dict, limit=o.limit if samples is None else None, samples=samples,
-                       log_samples=True, bootstrap_iters=0, apply_chat_template=o.apply_chat_template,
-                       fewshot_as_multiturn=o.fewshot_as_multiturn, system_instruction=o.system_instruction,
-                       verbosity="ERROR")
+        with muted("lm_eval"):  # lm-eval forces its progress bars on
+            res = evaluate(lm=lm, task_dict=task_dict, limit=o.limit if samples is None else None, samples=samples,
+                           log_samples=True, bootstrap_iters=0, apply_chat_template=o.apply_chat_template,
+                           fewshot_as_multiturn=o.fewshot_as_multiturn, system_instruction=o.system_instruction,
+                           verbosity="ERROR")
         out: Responses = {}
         for t in task_dict:
             out[t] = {self._ids[t][s["doc_id"]]: int(round(float(s["acc"]))) for s in res["samples"][t]}

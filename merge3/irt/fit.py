@@ -16,6 +16,10 @@ with features alpha_i^T Theta_endpoints).
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+
 import numpy as np
 from scipy.special import expit
 
@@ -114,15 +118,21 @@ def fit_irt(data, model_type: str = "multidim_2pl", dim: int = 3, epochs: int = 
         kw["dims"] = int(dim)
     else:
         kw["priors"] = priors
-    trainer = IrtModelTrainer(config=IrtConfig(**kw), data_path=None, dataset=dataset, verbose=False)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        try:
-            trainer.train(device=device)
-        except ValueError as exc:
-            if "invalid values" in str(exc) or "nan" in str(exc).lower():
-                raise ValueError(f"py-irt diverged (NaN parameters) with lr {lr}; lower irt.lr (0.1 is stable here)") from None
-            raise
+    chatter = io.StringIO()  # py-irt prints to the console (rich); its lines go to the py_irt log instead
+    with contextlib.redirect_stdout(chatter):
+        trainer = IrtModelTrainer(config=IrtConfig(**kw), data_path=None, dataset=dataset, verbose=False)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            try:
+                trainer.train(device=device)
+            except ValueError as exc:
+                if "invalid values" in str(exc) or "nan" in str(exc).lower():
+                    raise ValueError(f"py-irt diverged (NaN parameters) with lr {lr}; lower irt.lr (0.1 is stable "
+                                     "here)") from None
+                raise
+    for line in chatter.getvalue().splitlines():
+        if line.strip():
+            logging.getLogger("py_irt").info(line.rstrip())
     p = trainer.last_params
     item_of = _index_map(p["item_ids"])
     subj_of = _index_map(p["subject_ids"])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..quiet import log_to
 from ..scoring import CandidateJob, Score, candidate_seed
 from .algorithms import make_problem, start_algorithm
 from .config import SearchConfig
@@ -110,6 +111,7 @@ class Search:
 
     def run(self) -> SearchResult:
         t_start = time.time()
+        log_to(self.rd / "third_party.log")
         try:
             say = _say if self.show else (lambda msg: None)
             spec, self.meta = prepare(self.cfg, self.rd, self._calibration_pool_factory(), say)

@@ -42,14 +42,16 @@ def start_ray(address: str | None, local_cpus: int | None = None) -> bool:
     """Connects to ``address`` or starts a private local cluster; returns True when this call started Ray."""
     import ray
 
+    from ..quiet import ray_logging_level
+
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=ray_logging_level())
         return True
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", num_cpus=local_cpus or os.cpu_count() or 1, include_dashboard=False,
-             log_to_driver=False)
+             log_to_driver=False, logging_level=ray_logging_level())
     return True
 
 

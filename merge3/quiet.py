@@ -1,0 +1,75 @@
+"""Keeps third-party chatter off the terminal: merge3 prints its own progress, the libraries it drives do not.
+
+``quiet_third_party()`` (the CLI calls it unless ``--verbose``) turns off the progress bars of lm-eval,
+datasets and py-irt, and sends the INFO logs and Python warnings of lm-eval, datasets, transformers, py-irt,
+Ray and torch to a log file once one is named with ``log_to(path)`` (a search names ``RUN_DIR/third_party.log``),
+or drops them below ERROR until then. Call it before those libraries are imported: tqdm reads its defaults
+from the environment at import time. merge3's own bars (``merge3.progress``) are not affected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from pathlib import Path
+
+THIRD_PARTY = ("lm_eval", "lm-eval", "datasets", "transformers", "huggingface_hub", "accelerate", "py_irt", "pyro",
+               "ray", "torch", "py.warnings")
+_state = {"quiet": False, "handler": None}
+
+
+def quiet_third_party() -> None:
+    _state["quiet"] = True
+    os.environ["TQDM_DISABLE"] = "1"  # tqdm reads TQDM_* defaults at import; merge3's own bars pass disable=False
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    logging.captureWarnings(True)
+    for name in THIRD_PARTY:
+        logger = logging.getLogger(name)
+        logger.propagate = False
+        logger.setLevel(logging.ERROR)
+        logger.handlers = [logging.NullHandler()]
+
+
+def is_quiet() -> bool:
+    return _state["quiet"]
+
+
+def log_to(path: str | Path) -> None:
+    """In quiet mode, third-party logs and warnings (INFO and up) go to ``path`` from now on."""
+    if not _state["quiet"]:
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    old, _state["handler"] = _state["handler"], handler
+    for name in THIRD_PARTY:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.handlers = [handler]
+    if old is not None:
+        old.close()
+
+
+@contextlib.contextmanager
+def muted(logger: str):
+    """In quiet mode, what the block writes to stderr (progress bars of libraries that force them on, such as
+    lm-eval's) goes to ``logger`` instead of the terminal."""
+    if not _state["quiet"]:
+        yield
+        return
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(sink):
+            yield
+    finally:
+        lines = [ln for ln in sink.getvalue().replace("\r", "\n").splitlines() if ln.strip()]
+        if lines:
+            logging.getLogger(logger).info("%s", lines[-1])
+
+
+def ray_logging_level() -> int:
+    """The level Ray logs at on the driver: errors only in quiet mode."""
+    return logging.ERROR if _state["quiet"] else logging.INFO
