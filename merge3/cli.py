@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         # User errors: one clear line, no traceback.
         print(f"merge3: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what was logged stays; the search said how to resume
+        print("merge3: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Keeps third-party chatter off the terminal: merge3 prints its own progress, the libraries it drives do not.
 
 ``quiet_third_party()`` (the CLI calls it unless ``--verbose``) turns off the progress bars of lm-eval,
-datasets and py-irt, and sends the INFO logs and Python warnings of lm-eval, datasets, transformers, py-irt,
-Ray and torch to a log file once one is named with ``log_to(path)`` (a search names ``RUN_DIR/third_party.log``),
-or drops them below ERROR until then. Call it before those libraries are imported: tqdm reads its defaults
+datasets and py-irt, tells Ray to log errors only, and sends the INFO logs and Python warnings of lm-eval,
+datasets, transformers and py-irt to a log file while ``log_to(path)`` is active (a search names
+``RUN_DIR/third_party.log``), or drops them below ERROR otherwise. Call it before those libraries are imported: tqdm reads its defaults
 from the environment at import time. merge3's own bars (``merge3.progress``) are not affected.
 """
 
@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 
 THIRD_PARTY = ("lm_eval", "lm-eval", "datasets", "transformers", "huggingface_hub", "accelerate", "py_irt", "pyro",
-               "ray", "torch", "py.warnings")
-_state = {"quiet": False, "handler": None}
+               "py.warnings")  # torch and Ray keep their own handlers: Ray is told its level, torch is quiet
+_state = {"quiet": False}
 
 
 def quiet_third_party() -> None:
@@ -38,19 +38,26 @@ def is_quiet() -> bool:
     return _state["quiet"]
 
 
-def log_to(path: str | Path) -> None:
-    """In quiet mode, third-party logs and warnings (INFO and up) go to ``path`` from now on."""
+@contextlib.contextmanager
+def log_to(path: str | Path):
+    """In quiet mode, third-party logs and warnings (INFO and up) go to ``path`` while the block runs."""
     if not _state["quiet"]:
+        yield
         return
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    old, _state["handler"] = _state["handler"], handler
     for name in THIRD_PARTY:
         logger = logging.getLogger(name)
         logger.setLevel(logging.INFO)
         logger.handlers = [handler]
-    if old is not None:
-        old.close()
+    try:
+        yield
+    finally:
+        for name in THIRD_PARTY:
+            logger = logging.getLogger(name)
+            logger.setLevel(logging.ERROR)
+            logger.handlers = [logging.NullHandler()]
+        handler.close()
 
 
 @contextlib.contextmanager

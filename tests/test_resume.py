@@ -127,3 +127,27 @@ def test_sigkill_resume_equals_uninterrupted_real(micro_world, tmp_path):
     assert len(got) == len(ref)
     assert json.loads((run_dir / "result.json").read_text())["front"] == \
         json.loads((ref_dir / "result.json").read_text())["front"]
+
+
+def test_sigterm_stops_cleanly_and_says_how_to_resume(micro_world, tmp_path):
+    cfg = yaml.safe_load((ROOT / "experiments" / "micro.yaml").read_text())
+    cfg["world"] = str(micro_world.root)
+    cfg["fitness"] = {"type": "anchor", "anchors": {"n": 5}}
+    cfg["algorithm"] = {"name": "nsga2", "pop_size": 4, "generations": 20}
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    run_dir = tmp_path / "run"
+    script = SCRIPT.replace("progress=False", "progress=True")
+    proc = subprocess.Popen([sys.executable, "-c", script, "run", str(cfg_path), str(run_dir), "0.05"],
+                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while len(_log(run_dir)) < 3 and time.time() - t0 < 300:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode != 0
+    assert f"merge3 resume {run_dir}" in err, err[-2000:]
+    logged = _log(run_dir)
+    assert 3 <= len(logged) < 80 and not (run_dir / "result.json").exists()
+    res = R.resume(run_dir, progress=False, evaluate=SyntheticFitness(cfg["tasks"]))  # the lock was released
+    assert res.done and res.n_evaluations == 80

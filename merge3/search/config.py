@@ -100,7 +100,13 @@ class Workers:
     cpus_per_worker: float = key("CPUs reserved by each worker actor", 1)
     gpus_per_worker: float | None = key("GPUs reserved by each worker (default: 1 when the cluster has GPUs, "
                                         "else 0)", None)
-    max_retries: int = key("times a candidate is retried on another worker after its worker died", 2)
+    max_retries: int = key("times a candidate is retried on another worker after its worker died or it timed "
+                           "out", 2)
+    candidate_timeout_s: float | None = key("a candidate still running after this many seconds is cancelled: its "
+                                            "worker is killed and replaced, the candidate retried (max_retries) "
+                                            "or recorded as failed with the penalty. Jobs that answer every item "
+                                            "(calibration population, verification) get 10x as long. null: no "
+                                            "limit", 3600.0)
     device: str | None = key("materializer device (default: cuda when the worker has a GPU, else cpu)", None)
     dtype: str | None = key("materializer dtype (default: the models')", None)
     offload_task_vectors: bool = key("keep task vectors on CPU to save GPU memory", False)
@@ -377,6 +383,8 @@ def _check_workers(w: dict) -> None:
     if w["gpus_per_worker"] is not None:
         _num(w["gpus_per_worker"], "workers.gpus_per_worker", 0)
     _num(w["max_retries"], "workers.max_retries", 0, integer=True)
+    if w["candidate_timeout_s"] is not None:
+        _num(w["candidate_timeout_s"], "workers.candidate_timeout_s", 0.001)
     if w["device"] not in (None, "cpu", "cuda") and not str(w["device"]).startswith("cuda:"):
         raise ValueError(f"config key 'workers.device': expected cpu or cuda, got {w['device']!r}")
     if w["local_cpus"] is not None:

@@ -10,7 +10,10 @@ instead of scoring it again. Nothing in a run directory is unpickled or executed
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,11 +114,15 @@ class Search:
 
     def run(self) -> SearchResult:
         t_start = time.time()
-        log_to(self.rd / "third_party.log")
         try:
-            say = _say if self.show else (lambda msg: None)
-            spec, self.meta = prepare(self.cfg, self.rd, self._calibration_pool_factory(), say)
-            return self._loop(spec, t_start)
+            with log_to(self.rd / "third_party.log"), _sigterm_interrupts():
+                say = _say if self.show else (lambda msg: None)
+                spec, self.meta = prepare(self.cfg, self.rd, self._calibration_pool_factory(), say)
+                return self._loop(spec, t_start)
+        except KeyboardInterrupt:
+            _say(f"interrupted: {len(self.rd.records())} evaluation(s) are logged in {self.run_dir}; continue with "
+                 f"`merge3 resume {self.run_dir}`")
+            raise
         finally:
             self.lock.release()
 
@@ -249,6 +256,24 @@ class Search:
         front = pareto_front(records, self.cfg.n_objectives)
         self.rd.write_progress({"generation": gen, "evaluations": len(records), "done": done,
                                 "front": [front_entry(r, self.cfg.objective_names) for r in front]})
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (a scheduler stopping the job) ends the search like Ctrl-C: what is logged stays, in-flight
+    candidates are scored again on resume."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 # --------------------------------------------------------------------------------------------- entry points

@@ -68,9 +68,24 @@ class CrashingScorer(CandidateScorer):
         return super().score(job)
 
 
-def crashing_ray_pool(plan: dict):
-    """A pool factory whose Ray workers crash as ``plan`` says: {(generation, index): attempts that crash}."""
-    scorer_cls = functools.partial(CrashingScorer, plan=dict(plan))
+class HangingScorer(CandidateScorer):
+    """A real scorer that hangs (sleeps far past any time limit) on the first ``plan[(generation, index)]``
+    attempts of a job: a worker stuck in a CUDA call or a deadlock, which a pool must time out."""
+
+    def __init__(self, spec, plan: dict):
+        super().__init__(spec)
+        self.plan = dict(plan)
+
+    def score(self, job) -> Score:
+        if self.plan.get((job.generation, job.index), 0) > job.attempt:
+            time.sleep(10 ** 6)
+        return super().score(job)
+
+
+def crashing_ray_pool(plan: dict, scorer=CrashingScorer):
+    """A pool factory whose Ray workers crash (or, with ``scorer=HangingScorer``, hang) as ``plan`` says:
+    {(generation, index): attempts that crash}."""
+    scorer_cls = functools.partial(scorer, plan=dict(plan))
 
     def factory(spec, workers, address=None, log=None):
         return open_ray_pool(spec, workers, address, scorer_cls=scorer_cls, log=log)

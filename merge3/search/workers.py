@@ -8,6 +8,9 @@ then it is reported as failed), the dead actor is replaced, and the search goes 
 ``InlinePool``: the same interface in this process (no Ray), for narrow unit tests, benchmarks and debugging;
 it takes any ``score(job) -> Score`` callable.
 
+A job still running after its time limit (``timeout_s``; 10x for jobs that answer every item) is treated like a
+worker death: the actor is killed and replaced, and the job retried or reported as failed.
+
 A pool is opened by a *pool factory* ``factory(spec, workers_config, address) -> pool``; :func:`open_ray_pool`
 is the default, tests pass their own (e.g. one whose workers crash on chosen jobs: ``merge3.search.testing``).
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from collections import deque
 from typing import Callable, Iterator
 
@@ -68,7 +72,7 @@ class _Actor:
 class RayPool:
     def __init__(self, spec, num_workers: int | None = None, cpus_per_worker: float = 1,
                  gpus_per_worker: float | None = None, max_retries: int = 2, log=None,
-                 scorer_cls=CandidateScorer, owns_ray: bool = False):
+                 scorer_cls=CandidateScorer, owns_ray: bool = False, timeout_s: float | None = None):
         import ray
 
         self.ray = ray
@@ -85,6 +89,7 @@ class RayPool:
                 num_workers = max(1, int(res.get("CPU", 1) // max(cpus_per_worker, 1e-9)))
         self.n_workers = num_workers
         self.max_retries = max_retries
+        self.timeout_s = timeout_s
         if spec.threads is None and not gpus_per_worker:
             spec = dataclasses.replace(spec, threads=max(1, int(cpus_per_worker)))
         self._spec, self._scorer_cls = spec, scorer_cls
@@ -97,34 +102,45 @@ class RayPool:
     def _new_actor(self):
         return self._cls.remote(self._scorer_cls, self._spec)
 
+    def _limit(self, job) -> float | None:
+        """Seconds ``job`` may run: ``timeout_s``, 10x for jobs that answer every item."""
+        if self.timeout_s is None:
+            return None
+        return self.timeout_s * (10 if getattr(job, "full_responses", True) else 1)
+
     def run(self, jobs: list) -> Iterator[Score]:
         ray = self.ray
         queue = deque((job, 0) for job in jobs)  # (job, attempts so far)
         idle = deque(self.actors)
-        running: dict = {}  # ObjectRef -> (actor, job, attempts)
+        running: dict = {}  # ObjectRef -> (actor, job, attempts, deadline)
         while queue or running:
             while queue and idle:
                 actor = idle.popleft()
                 job, attempts = queue.popleft()
-                running[actor.score.remote(dataclasses.replace(job, attempt=attempts))] = (actor, job, attempts)
+                limit = self._limit(job)
+                deadline = None if limit is None else time.monotonic() + limit
+                running[actor.score.remote(dataclasses.replace(job, attempt=attempts))] = (actor, job, attempts,
+                                                                                          deadline)
             if not running:
                 raise RuntimeError("no live Ray worker left to evaluate candidates")
-            done, _ = ray.wait(list(running), num_returns=1)
+            deadlines = [d for *_, d in running.values() if d is not None]
+            wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+            done, _ = ray.wait(list(running), num_returns=1, timeout=wait_s)
+            if not done:  # a job ran past its limit: cancel it like a dead worker's
+                ref = min((r for r, v in running.items() if v[3] is not None), key=lambda r: running[r][3])
+                actor, job, attempts, _ = running.pop(ref)
+                yield from self._retry_or_fail(actor, job, attempts, idle, queue,
+                                               f"timed out after {self._limit(job):g} s")
+                continue
             ref = done[0]
-            actor, job, attempts = running.pop(ref)
+            actor, job, attempts, _ = running.pop(ref)
             try:
                 res = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                     ray.exceptions.ObjectLostError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                self.log(f"worker died while evaluating candidate g{job.generation}-i{job.index} "
-                         f"(attempt {attempts + 1}): {type(exc).__name__}: {first[:200]}")
-                self._replace(actor, idle)
-                if attempts < self.max_retries:
-                    queue.appendleft((job, attempts + 1))
-                else:
-                    yield Score.failure(job, f"worker died {attempts + 1} times evaluating this candidate",
-                                        attempts + 1)
+                yield from self._retry_or_fail(actor, job, attempts, idle, queue,
+                                               f"worker died: {type(exc).__name__}: {first[:200]}")
                 continue
             except ray.exceptions.RayTaskError as exc:  # the scorer raised (it should not): a failure
                 idle.append(actor)
@@ -133,6 +149,16 @@ class RayPool:
             idle.append(actor)
             res.attempts = attempts + 1
             yield res
+
+    def _retry_or_fail(self, actor, job, attempts: int, idle: deque, queue: deque, why: str) -> Iterator[Score]:
+        """The job's worker is lost (it died, or is killed here for running too long): replace the worker and
+        queue the job again, or report it failed once its retries are spent."""
+        self.log(f"candidate g{job.generation}-i{job.index} (attempt {attempts + 1}): {why}")
+        self._replace(actor, idle)
+        if attempts < self.max_retries:
+            queue.appendleft((job, attempts + 1))
+        else:
+            yield Score.failure(job, f"{why.split(':')[0]} on each of its {attempts + 1} attempts", attempts + 1)
 
     def _replace(self, dead, idle: deque) -> None:
         if dead in self.actors:
@@ -167,7 +193,7 @@ def open_ray_pool(spec, workers, address: str | None = None, scorer_cls=Candidat
     try:
         return RayPool(spec, num_workers=workers.num_workers, cpus_per_worker=workers.cpus_per_worker,
                        gpus_per_worker=workers.gpus_per_worker, max_retries=workers.max_retries, log=log,
-                       scorer_cls=scorer_cls, owns_ray=started)
+                       scorer_cls=scorer_cls, owns_ray=started, timeout_s=workers.candidate_timeout_s)
     except BaseException:
         if started:
             import ray
