@@ -69,13 +69,19 @@ def _kill_and_resume(cmd_run, cmd_resume, run_dir: Path, rng: random.Random, max
     return kills
 
 
-def test_sigkill_resume_equals_uninterrupted_synthetic(micro_world, tmp_path):
+def _synthetic_config(world, tmp_path, pop_size: int, generations: int) -> tuple[dict, Path]:
+    """micro.yaml with raw-anchor fitness (no calibration), written to tmp_path/c.yaml."""
     cfg = yaml.safe_load((ROOT / "experiments" / "micro.yaml").read_text())
-    cfg["world"] = str(micro_world.root)
+    cfg["world"] = str(world.root)
     cfg["fitness"] = {"type": "anchor", "anchors": {"n": 5}}
-    cfg["algorithm"] = {"name": "nsga2", "pop_size": 5, "generations": 5}
+    cfg["algorithm"] = {"name": "nsga2", "pop_size": pop_size, "generations": generations}
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
+    return cfg, cfg_path
+
+
+def test_sigkill_resume_equals_uninterrupted_synthetic(micro_world, tmp_path):
+    cfg, cfg_path = _synthetic_config(micro_world, tmp_path, 5, 5)
     ref = R.run(cfg, run_dir=tmp_path / "ref", progress=False, evaluate=SyntheticFitness(cfg["tasks"]))
 
     env = dict(os.environ)
@@ -130,12 +136,7 @@ def test_sigkill_resume_equals_uninterrupted_real(micro_world, tmp_path):
 
 
 def test_sigterm_stops_cleanly_and_says_how_to_resume(micro_world, tmp_path):
-    cfg = yaml.safe_load((ROOT / "experiments" / "micro.yaml").read_text())
-    cfg["world"] = str(micro_world.root)
-    cfg["fitness"] = {"type": "anchor", "anchors": {"n": 5}}
-    cfg["algorithm"] = {"name": "nsga2", "pop_size": 4, "generations": 20}
-    cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
+    cfg, cfg_path = _synthetic_config(micro_world, tmp_path, 4, 20)
     run_dir = tmp_path / "run"
     script = SCRIPT.replace("progress=False", "progress=True")
     proc = subprocess.Popen([sys.executable, "-c", script, "run", str(cfg_path), str(run_dir), "0.05"],
