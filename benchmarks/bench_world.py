@@ -29,27 +29,27 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "world.json"))
     args = ap.parse_args()
 
-    from merge3.evaluation.lmeval import EvalOptions, TaskSuite, accuracy
-    from merge3.merging.materializer import Materializer
+    from merge3.evaluation.lmeval import accuracy
     from merge3.merging.recipe import MergeRecipe
+    from merge3.scoring import CandidateScorer, ScorerSpec
     from merge3.world import resolve_world
 
     world = resolve_world(args.world)
-    suite = TaskSuite(world.task_names, include_path=world.tasks_dir, options=EvalOptions(device="cpu"),
-                      cache_dir=world.root)
+    endpoints = [str(p) for p in world.endpoints.values()]
+    scorer = CandidateScorer(ScorerSpec(base=str(world.base), models=endpoints, genome=None, tasks=world.task_names,
+                                        include_path=str(world.tasks_dir), evaluation={"device": "cpu"},
+                                        device="cpu", cache_dir=str(world.root)))
+    suite = scorer.suite
     rows = []
     start = time.perf_counter()
     for name in ["base", *world.endpoints]:
-        acc = accuracy(suite.evaluate(suite.wrap_model(world.model(name))))
+        acc = accuracy(scorer.answer_model(str(world.model(name))))
         rows.append({"model": name, **{t: round(100 * a, 1) for t, a in acc.items()}})
 
-    endpoints = [str(p) for p in world.endpoints.values()]
-    mat = Materializer(world.base, endpoints, device="cpu")
     recipe = MergeRecipe(method="task_arithmetic", base_model=str(world.base), models=endpoints,
                          parameters={"lambda": 1.0}, model_parameters=[{"weight": 1 / len(endpoints)}] * len(endpoints),
                          dtype="float32", seed=None)
-    mat.apply(recipe)
-    acc = accuracy(suite.evaluate(suite.wrap_model(mat.model, mat.tokenizer)))
+    acc = accuracy(scorer.answer(recipe))
     rows.append({"model": "uniform task arithmetic", **{t: round(100 * a, 1) for t, a in acc.items()}})
 
     tasks = world.task_names
