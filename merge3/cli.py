@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.set_defaults(func=_search)
 
-    r = sub.add_parser("resume", help="continue a stopped or crashed search from its last checkpoint")
+    r = sub.add_parser("resume", help="continue a stopped or crashed search (replays its evaluation log)")
     r.add_argument("run_dir")
     r.add_argument("--address", default=None, help="join a running Ray cluster (default: start a local one)")
     r.add_argument("--quiet", action="store_true", help="no progress output")
