@@ -131,7 +131,7 @@ def run_demo(run_dir="runs/demo", world: str = "small", quick: bool = False) -> 
     lines.append("")
     lines.append(f"search: {info['evaluations']} candidates in {info['generation']} generations; fitness evaluated "
                  f"{c['items_evaluated']} items"
-                 + (f" and verifying the best {len(info['verified'])} on every item {c['verification_items']}"
+                 + (f", plus {c['verification_items']} to verify the best {len(info['verified'])} on every item"
                     if c["verification_items"] else "")
                  + f", vs {c['items_full_evaluation']} for full evaluation "
                  f"({c['items_full_evaluation'] / max(used, 1):.0f}x fewer"
