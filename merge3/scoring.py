@@ -163,6 +163,9 @@ class CandidateScorer:
     def answer(self, recipe, items: dict[str, list[str]] | None = None) -> dict:
         """Materializes ``recipe`` in place and answers ``items`` (every item when None): task -> id -> 0/1."""
         self.materializer.apply(recipe)
+        bad = self.materializer.nonfinite()
+        if bad:  # e.g. weights of 1e300: lm-eval would still pick answers from NaN log-probabilities
+            raise _Invalid(f"the merged weights are not finite in {len(bad)} tensor(s), e.g. {bad[0]}")
         return self.suite.evaluate(self.lm, items=items)
 
     def answer_model(self, path: str, items: dict[str, list[str]] | None = None) -> dict:

@@ -85,7 +85,8 @@ def _run_cli(args, tmp_path):
                           cwd=tmp_path, timeout=300)
 
 
-@pytest.mark.parametrize("kind", ["unknown_key", "bad_range", "missing_model", "incompatible", "unknown_task"])
+@pytest.mark.parametrize("kind", ["unknown_key", "bad_range", "missing_model", "incompatible", "unknown_task",
+                                  "too_many_anchors"])
 def test_search_rejects_before_touching_run_dir(kind, micro_world, tmp_path):
     cfg = micro_cfg(micro_world)
     if kind == "unknown_key":
@@ -112,6 +113,9 @@ def test_search_rejects_before_touching_run_dir(kind, micro_world, tmp_path):
             save_file(sd, f, metadata={"format": "pt"})
         cfg["models"] = ["math_en", str(bad)]
         words = ["models", "incompatible"]
+    elif kind == "too_many_anchors":
+        cfg["fitness"]["anchors"]["n"] = 500  # micro tasks have 200 items
+        words = ["fitness.anchors.n", "500", "200 items"]
     else:
         cfg["tasks"] = ["tw_arith_vl", "tw_no_such_task"]
         cfg["objectives"] = {"mode": "per_task", "tasks": ["tw_arith_vl", "tw_no_such_task"]}

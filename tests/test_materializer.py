@@ -91,3 +91,34 @@ def test_non_finite_endpoint_named(micro_world, tmp_path):
     save_file(t, bad / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=f"{name} has 1 non-finite"):
         Materializer(micro_world.base, [bad], device="cpu")
+
+
+def test_nonfinite_merge_is_an_invalid_candidate(micro_world):
+    """Extreme weights: bounds beyond float32 are rejected with the genome (before any search); a merge whose
+    tensors end up non-finite makes the candidate invalid instead of scoring NaN log-probabilities."""
+    from merge3.scoring import CandidateJob, CandidateScorer, ScorerSpec
+
+    eps = [str(p) for p in micro_world.endpoints.values()]
+
+    def scorer_for(high):
+        genome = {"method": "task_arithmetic", "parameters": {"weight": [0.0, high]}}
+        return CandidateScorer(ScorerSpec(base=str(micro_world.base), models=eps, genome=genome,
+                                          tasks=["tw_arith_vl"], include_path=str(micro_world.tasks_dir),
+                                          evaluation={"batch_size": 64}, device="cpu"))
+
+    with pytest.raises(ValueError, match="finite float32"):
+        scorer_for(1.0e300)
+    scorer = scorer_for(1.0)
+    ok = scorer.score(CandidateJob(generation=0, index=1, x=(0.5, 0.5, 0.5), seed=0))
+    assert ok.status == "ok" and 0.0 <= ok.objectives["tw_arith_vl"] <= 1.0
+    mat = scorer.materializer
+    apply = mat.apply
+
+    def overflowing(recipe):  # what an overflow in a kernel leaves behind
+        model = apply(recipe)
+        next(iter(model.parameters())).data[0, 0] = float("inf")
+        return model
+
+    mat.apply = overflowing
+    res = scorer.score(CandidateJob(generation=0, index=0, x=(1.0, 1.0, 1.0), seed=0))
+    assert res.status == "invalid" and "not finite" in res.error and res.objectives is None, res.error

@@ -171,6 +171,11 @@ class Materializer:
             self._targets[name].data.copy_(t)
         return self.model
 
+    @torch.no_grad()
+    def nonfinite(self) -> list[str]:
+        """Names of the live model's tensors holding NaN or infinite values (after an extreme recipe)."""
+        return [name for name, t in self._targets.items() if not bool(torch.isfinite(t.data).all())]
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The live model's current tensors under the checkpoint's names (what export writes)."""
         return {name: t.data for name, t in self._targets.items()}

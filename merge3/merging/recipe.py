@@ -106,6 +106,9 @@ def _leaves(setting):
         raise ValueError(f"unexpected value {setting!r}")
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def check_value(p: Param, value, where: str) -> None:
     """Type and range of one resolved (or leaf) value; one-line ValueError."""
     try:
@@ -113,8 +116,8 @@ def check_value(p: Param, value, where: str) -> None:
     except ValueError as exc:
         raise ValueError(f"{where}: {p.name} {exc}") from None
     if p.kind is float:
-        if not math.isfinite(v):
-            raise ValueError(f"{where}: {p.name} must be finite, got {value!r}")
+        if not math.isfinite(v) or abs(v) > FLOAT32_MAX:  # the kernels compute in float32
+            raise ValueError(f"{where}: {p.name} must be a finite float32 value, got {value!r}")
         if (p.lo is not None and v < p.lo) or (p.hi is not None and v > p.hi):
             raise ValueError(f"{where}: {p.name}={v:g} out of range [{p.lo:g}, {p.hi:g}]")
     if p.name == "consensus_method" and v not in ("sum", "count"):

@@ -70,8 +70,6 @@ def prepare(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> tuple[ScorerSpe
     if meta and meta.get("config_digest") != cfg.digest():
         raise ValueError(f"{rd / CONFIG} was changed after the search started (its digest is not the one in "
                          f"{rd / 'meta.json'}); restore it, or start a new run directory")
-    cal_dir = ensure_calibration(cfg, rd, pool_factory, say)
-    saved = rd.read_anchor_items()
     suites = []
 
     def suite():  # the tasks' items, loaded only when anchors must be drawn or meta.json written
@@ -82,6 +80,8 @@ def prepare(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> tuple[ScorerSpe
                                     options=EvalOptions.from_dict(cfg.evaluation), cache_dir=str(rd.path)))
         return suites[0]
 
+    cal_dir = ensure_calibration(cfg, rd, pool_factory, say)
+    saved = rd.read_anchor_items()
     anchors = None
     if cfg.fitness.type != "full":
         if saved is not None and not cal_dir:

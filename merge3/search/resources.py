@@ -91,6 +91,8 @@ def validate_resources(cfg: SearchConfig) -> None:
     if missing:
         where = f" (include path {cfg.include_path})" if cfg.include_path else ""
         raise ValueError(f"config key 'tasks': lm-eval does not know task(s) {missing}{where}")
+    if cfg.fitness.type != "full":
+        check_anchor_count(cfg)
     cal = cfg.fitness.calibration
     if cal not in (None, "auto"):
         p = Path(cal)
@@ -102,6 +104,18 @@ def validate_resources(cfg: SearchConfig) -> None:
         lacking = [t for t in cfg.tasks if t not in Calibration.load(p).tasks]
         if lacking:
             raise ValueError(f"config key 'fitness.calibration': {p} has no calibration for task(s) {lacking}")
+
+
+def check_anchor_count(cfg: SearchConfig) -> None:
+    """More anchors than a task has items is a config error, not a silent full evaluation."""
+    from ..evaluation.lmeval import EvalOptions, TaskSuite
+
+    n_items = TaskSuite(cfg.tasks, include_path=cfg.include_path,
+                        options=EvalOptions.from_dict(cfg.evaluation)).n_items()
+    for t in cfg.tasks:
+        if cfg.fitness.anchors.n > n_items[t]:
+            raise ValueError(f"config key 'fitness.anchors.n': {cfg.fitness.anchors.n} anchors per task, but task {t} "
+                             f"has {n_items[t]} items")
 
 
 def load_config(path_or_config, name: str | None = None, base_dir: Path | None = None,
