@@ -251,30 +251,38 @@ def population_scorer_spec(cfg: CalibrationConfig, pop: Population, cache_dir) -
                       device=cfg.eval.get("device"), cache_dir=str(cache_dir))
 
 
-def evaluate_population(cfg: CalibrationConfig, store: ResponseStore, pool=None, log=print) -> dict:
-    """Evaluates every population model missing from ``store`` on all items (on ``pool``, or in this process);
-    returns cost counters. Each answer is stored durably as soon as it arrives."""
+def evaluate_population(cfg: CalibrationConfig, store: ResponseStore, pool_factory=None, cache_dir=None,
+                        log=print) -> dict:
+    """Evaluates every population model missing from ``store`` on all items (on a pool from
+    ``pool_factory(spec)``, or in this process); returns cost counters. Each answer is stored durably as soon
+    as it arrives. ``cache_dir``: where lm-eval's datasets are cached (default: beside ``store``)."""
     pop = Population.of(cfg)
     jobs = population_jobs(cfg, pop, store)
     cost = {"models_evaluated": 0, "items_evaluated": 0, "eval_seconds": 0.0}
     if not jobs:
         return cost
-    if pool is None:
-        scorer = CandidateScorer(population_scorer_spec(cfg, pop, store.path.parent))
-        results = (scorer.score(job) for _, job, _ in jobs)
-    else:
-        results = pool.run([job for _, job, _ in jobs])
-    by_index = {job.index: (name, meta) for name, job, meta in jobs}
-    t0 = time.time()
-    for res in results:
-        name, meta = by_index[res.index]
-        if res.status != "ok" or not res.responses:
-            raise RuntimeError(f"calibration model {name}: {res.error}")
-        store.add(name, res.responses, meta)
-        cost["models_evaluated"] += 1
-        cost["items_evaluated"] += res.items_evaluated
-        log(f"calibration: evaluated {name} ({cost['models_evaluated']}/{len(jobs)})")
-    cost["eval_seconds"] = time.time() - t0
+    spec = population_scorer_spec(cfg, pop, cache_dir or store.path.parent)
+    pool = pool_factory(spec) if pool_factory is not None else None
+    try:
+        if pool is None:
+            scorer = CandidateScorer(spec)
+            results = (scorer.score(job) for _, job, _ in jobs)
+        else:
+            results = pool.run([job for _, job, _ in jobs])
+        by_index = {job.index: (name, meta) for name, job, meta in jobs}
+        t0 = time.time()
+        for res in results:
+            name, meta = by_index[res.index]
+            if res.status != "ok" or not res.responses:
+                raise RuntimeError(f"calibration model {name}: {res.error}")
+            store.add(name, res.responses, meta)
+            cost["models_evaluated"] += 1
+            cost["items_evaluated"] += res.items_evaluated
+            log(f"calibration: evaluated {name} ({cost['models_evaluated']}/{len(jobs)})")
+        cost["eval_seconds"] = time.time() - t0
+    finally:
+        if pool is not None:
+            pool.close()
     return cost
 
 
@@ -303,14 +311,7 @@ def calibrate(config: CalibrationConfig | dict, out_dir: str | Path, pool_factor
         for m in imported.models():
             if m not in store:
                 store.add(m, imported.get(m), {**imported.meta(m), "imported_from": str(src)})
-    pool = None
-    if pool_factory is not None and population_jobs(cfg, pop, store):
-        pool = pool_factory(population_scorer_spec(cfg, pop, out.parent))
-    try:
-        cost = evaluate_population(cfg, store, pool=pool, log=log)
-    finally:
-        if pool is not None:
-            pool.close()
+    cost = evaluate_population(cfg, store, pool_factory=pool_factory, cache_dir=out.parent, log=log)
     cost_path = partial / "cost.json"
     prior = json.loads(cost_path.read_text()) if cost_path.exists() else {}
     cost = {k: prior.get(k, 0) + v for k, v in cost.items()}

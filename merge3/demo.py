@@ -87,7 +87,6 @@ def _calibration_paths(cal_dir: Path) -> dict[str, str]:
 
 def run_demo(run_dir="runs/demo", world: str = "small", quick: bool = False) -> dict:
     from .search.export import export_run
-    from .search.resources import load_config
     from .search.runner import Search
     from .search.status import status
     from .world import resolve_world
@@ -100,8 +99,8 @@ def run_demo(run_dir="runs/demo", world: str = "small", quick: bool = False) -> 
         print(f"demo: continuing the search in {search_dir}", flush=True)
         res = Search.open(search_dir).run()
     else:
-        cfg = load_config(demo_config(str(w.root), quick), name="demo", base_dir=Path.cwd())
-        res = Search.create(cfg, run_dir=search_dir, config_name="demo").run()
+        res = Search.create(demo_config(str(w.root), quick), run_dir=search_dir, config_name="demo",
+                            base_dir=Path.cwd()).run()
     from .search.rundir import RunDir
 
     cfg = RunDir(search_dir).read_config()

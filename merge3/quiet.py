@@ -3,8 +3,9 @@
 ``quiet_third_party()`` (the CLI calls it unless ``--verbose``) turns off the progress bars of lm-eval,
 datasets and py-irt, tells Ray to log errors only, and sends the INFO logs and Python warnings of lm-eval,
 datasets, transformers and py-irt to a log file while ``log_to(path)`` is active (a search names
-``RUN_DIR/third_party.log``), or drops them below ERROR otherwise. Call it before those libraries are imported: tqdm reads its defaults
-from the environment at import time. merge3's own bars (``merge3.progress``) are not affected.
+``RUN_DIR/third_party.log``), or drops them below ERROR otherwise. Call it before those libraries are
+imported: tqdm reads its defaults from the environment at import time. merge3's own bars
+(``merge3.progress``) are not affected.
 """
 
 from __future__ import annotations
@@ -27,15 +28,16 @@ def quiet_third_party() -> None:
     os.environ.setdefault("DATASETS_VERBOSITY", "error")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     logging.captureWarnings(True)
+    _route(logging.NullHandler(), logging.ERROR)
+
+
+def _route(handler: logging.Handler, level: int) -> None:
+    """Every third-party logger sends ``level`` and up to ``handler`` only."""
     for name in THIRD_PARTY:
         logger = logging.getLogger(name)
         logger.propagate = False
-        logger.setLevel(logging.ERROR)
-        logger.handlers = [logging.NullHandler()]
-
-
-def is_quiet() -> bool:
-    return _state["quiet"]
+        logger.setLevel(level)
+        logger.handlers = [handler]
 
 
 @contextlib.contextmanager
@@ -46,17 +48,11 @@ def log_to(path: str | Path):
         return
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for name in THIRD_PARTY:
-        logger = logging.getLogger(name)
-        logger.setLevel(logging.INFO)
-        logger.handlers = [handler]
+    _route(handler, logging.INFO)
     try:
         yield
     finally:
-        for name in THIRD_PARTY:
-            logger = logging.getLogger(name)
-            logger.setLevel(logging.ERROR)
-            logger.handlers = [logging.NullHandler()]
+        _route(logging.NullHandler(), logging.ERROR)
         handler.close()
 
 

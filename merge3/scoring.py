@@ -184,7 +184,9 @@ class CandidateScorer:
         """Full-benchmark accuracy per task from the fitness items' answers."""
         s = self.spec
         if s.fitness == "full" or self.calibration is None:  # every item, or raw accuracy on random anchors
-            return {t: (sum(r.values()) / len(r)) if r else float("nan") for t, r in responses.items()}
+            from .evaluation.lmeval import accuracy
+
+            return accuracy(responses)
         from .irt import estimate
 
         name = "anchor" if s.fitness == "anchor" else s.estimator
@@ -199,6 +201,7 @@ class CandidateScorer:
         try:
             if isinstance(job, ModelJob):
                 out.responses = self.answer_model(job.path)
+                out.items_evaluated = sum(len(r) for r in out.responses.values())
             else:
                 self._score_candidate(job, out)
         except _Invalid as exc:
@@ -206,8 +209,6 @@ class CandidateScorer:
         except Exception as exc:  # lm-eval, the materializer or the estimator failed on this candidate
             out.status, out.error = "failed", f"{type(exc).__name__}: {exc}"
             out.traceback = traceback.format_exc(limit=5)
-        if out.responses is not None:
-            out.items_evaluated = sum(len(r) for r in out.responses.values())
         out.seconds = time.time() - t0
         return out
 

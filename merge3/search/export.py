@@ -16,7 +16,7 @@ from pathlib import Path
 def choose(info_records: list[dict], cfg, front: bool, top: int | None, verified: dict | None = None) -> list[dict]:
     """The candidates to export: the K best by estimate (``top``), the estimated Pareto front (``front``), or
     by default the verified ranking when the search verified candidates (else the estimated front)."""
-    from .front import objective_vector, pareto_front
+    from .front import best_by_estimate, objective_vector, pareto_front
 
     records = [r for r in info_records if r.get("status") == "ok"]
     checked = {k: v for k, v in (verified or {}).items() if v.get("status") == "ok"}
@@ -26,15 +26,7 @@ def choose(info_records: list[dict], cfg, front: bool, top: int | None, verified
     if top is not None:
         if top < 1:
             raise ValueError("--top K: K must be at least 1")
-        seen, out = set(), []
-        for r in sorted(records, key=lambda r: (sum(r["F"]) / len(r["F"]), r["generation"], r["index"])):
-            key = tuple(r["genome"])
-            if key not in seen:
-                seen.add(key)
-                out.append(r)
-            if len(out) == top:
-                break
-        return out
+        return best_by_estimate(records, top)
     return pareto_front(records, cfg.n_objectives)
 
 

@@ -35,21 +35,23 @@ def pareto_front(records: list[dict], n_obj: int) -> list[dict]:
     return front
 
 
-def to_verify(records: list[dict], n_obj: int, k: int) -> list[dict]:
-    """The candidates a search re-scores on every item: the ``k`` best by estimate (one objective), or the first
-    ``k`` members of the estimated Pareto front by mean objective (several). Distinct genomes only."""
-    if k <= 0:
-        return []
-    ok = [r for r in records if r.get("status") == "ok" and r.get("F") is not None]
-    pool = ok if n_obj == 1 else pareto_front(ok, n_obj)
+def best_by_estimate(records: list[dict], k: int) -> list[dict]:
+    """The ``k`` best records by mean objective (``F``, minimised), distinct genomes only; ties keep the earliest."""
     out, seen = [], set()
-    for r in sorted(pool, key=lambda r: (sum(r["F"]) / len(r["F"]), r["generation"], r["index"])):
+    for r in sorted(records, key=lambda r: (sum(r["F"]) / len(r["F"]), r["generation"], r["index"])):
+        if len(out) == k:
+            break
         if tuple(r["genome"]) not in seen:
             seen.add(tuple(r["genome"]))
             out.append(r)
-        if len(out) == k:
-            break
     return out
+
+
+def to_verify(records: list[dict], n_obj: int, k: int) -> list[dict]:
+    """The candidates a search re-scores on every item: the ``k`` best by estimate (one objective), or the first
+    ``k`` members of the estimated Pareto front by mean objective (several)."""
+    ok = [r for r in records if r.get("status") == "ok" and r.get("F") is not None]
+    return best_by_estimate(ok if n_obj == 1 else pareto_front(ok, n_obj), max(k, 0))
 
 
 def front_entry(rec: dict, objective_names: list[str], verified: dict | None = None) -> dict:
