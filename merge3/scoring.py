@@ -82,6 +82,7 @@ class ScorerSpec:
     device: str | None = None
     dtype: str | None = None
     offload_task_vectors: bool = False
+    fused_merge: bool | None = None  # Materializer(fused=...): None = on for GPUs
     cache_dir: str | None = None
     threads: int | None = None
 
@@ -140,7 +141,7 @@ class CandidateScorer:
 
             s = self.spec
             self._materializer = Materializer(s.base, s.models, device=self.device, dtype=s.dtype,
-                                              offload_task_vectors=s.offload_task_vectors)
+                                              offload_task_vectors=s.offload_task_vectors, fused=s.fused_merge)
         return self._materializer
 
     @property

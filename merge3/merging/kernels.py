@@ -36,19 +36,23 @@ def _store(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
 
 def merge_tensor(spec: MethodSpec, name: str, base: torch.Tensor, deltas: list, shared: dict, per_model: list[dict],
                  seed: int | None = None, out: torch.Tensor | None = None, ranks: list | None = None,
-                 work: Workspace | None = None) -> torch.Tensor:
+                 work: Workspace | None = None, fused: bool = False) -> torch.Tensor:
     """Merge one tensor. ``deltas[i]`` (None: the base itself) pairs with ``per_model[i]``; ``ranks[i]`` optional
     cached ranks of delta_i for the method's sparsifier (``sparsify.magnitude_order``, ``outlier_order`` or
-    ``della_ranks``); ``work`` optional scratch reused across calls. Returns ``out`` (filled) or a new float32
+    ``della_ranks``); ``work`` optional scratch (and per-tensor constants) reused across calls; ``fused``: the
+    same arithmetic in one compiled pass (``fused``; same bits on CPU). Returns ``out`` (filled) or a new float32
     tensor."""
     if not base.is_floating_point():
         return _store(base, out)
     if spec.name in ("linear", "task_arithmetic"):
         return _weighted_sum(spec, name, base, deltas, shared, per_model, out)
+    if fused and base.numel() > 0:
+        out = torch.empty(base.shape, dtype=_compute_dtype(base), device=base.device) if out is None else out
+        return _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work or Workspace())
     if spec.name == "slerp":
-        return _store(_slerp(base, deltas[0], shared["t"]), out)
+        return _store(_slerp(base, deltas[0], shared["t"], work, name), out)
     if spec.name == "model_stock":
-        return _store(_model_stock(base, deltas, shared["filter_wise"]), out)
+        return _store(_model_stock(base, deltas, shared["filter_wise"], work, name), out)
     return _generalized(spec, name, base, deltas, shared, per_model, seed, ranks, out, work)
 
 
@@ -87,16 +91,34 @@ def _weighted_sum(spec, name, base, deltas, shared, per_model, out):
 
 class Workspace:
     """Float32 scratch reused from tensor to tensor (and candidate to candidate): the TIES family needs about
-    N + 3 buffers of the largest tensor's size; allocating them per tensor cost as much as the arithmetic."""
+    N + 3 buffers of the largest tensor's size; allocating them per tensor cost as much as the arithmetic.
+
+    ``constants`` holds what depends on the resident tensors only, not on the candidate (slerp's angle, model
+    stock's interpolation factor, the L1 norm of a task vector), keyed by the tensors' identities: a workspace
+    belongs to one materializer, whose base and task vectors live as long as it does."""
 
     def __init__(self):
         self._bufs: dict = {}
+        self.constants: dict = {}
+
+    def constant(self, key: tuple, compute):
+        if key not in self.constants:
+            self.constants[key] = compute()
+        return self.constants[key]
 
     def get(self, slot: str, n: int, dtype: torch.dtype, device) -> torch.Tensor:
         key = (slot, dtype, str(device))
         buf = self._bufs.get(key)
         if buf is None or buf.numel() < n:
             buf = self._bufs[key] = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n]
+
+    def zeros(self, slot: str, n: int, dtype: torch.dtype, device) -> torch.Tensor:
+        """n zeros, filled once: a read-only input (callers never write into it)."""
+        key = ("zeros", slot, dtype, str(device))
+        buf = self._bufs.get(key)
+        if buf is None or buf.numel() < n:
+            buf = self._bufs[key] = torch.zeros(n, dtype=dtype, device=device)
         return buf[:n]
 
     def nbytes(self) -> int:
@@ -240,30 +262,40 @@ def _generalized(spec, name, base, deltas, shared, per_model, seed, ranks, out=N
     return out
 
 
-def _slerp(base, delta, t):
-    """Spherical interpolation between the base and the other model, over the whole tensor; lerp when the two
-    are nearly colinear (|cos| > 0.9995)."""
+def _slerp_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """cos of the angle between two flat tensors (clamped to [-1, 1])."""
+    na = torch.linalg.vector_norm(a)
+    nb = torch.linalg.vector_norm(b)
+    na = torch.where(na > 1e-8, na, torch.ones_like(na))
+    nb = torch.where(nb > 1e-8, nb, torch.ones_like(nb))
+    return ((a / na) * (b / nb)).sum().clamp(-1, 1)
+
+
+def _slerp_factors(dot: torch.Tensor, t: float):
+    """(ca, cb) with slerp = ca * a + cb * b; lerp when the two are nearly colinear (|cos| > 0.9995)."""
+    if float(dot.abs()) > 0.9995:
+        return 1 - t, t
+    theta = torch.acos(dot)
+    s = torch.sin(theta)
+    return torch.sin((1 - t) * theta) / s, torch.sin(t * theta) / s
+
+
+def _slerp(base, delta, t, work=None, name=""):
+    """Spherical interpolation between the base and the other model, over the whole tensor. The angle does not
+    depend on t: with a workspace it is computed once per tensor."""
     cdt = _compute_dtype(base)
     a = base.to(cdt).reshape(-1)
     b = a + (0 if delta is None else delta.to(device=base.device, dtype=cdt).reshape(-1))
     if a.numel() == 0:
         return b.reshape(base.shape)
-    na = torch.linalg.vector_norm(a)
-    nb = torch.linalg.vector_norm(b)
-    na = torch.where(na > 1e-8, na, torch.ones_like(na))
-    nb = torch.where(nb > 1e-8, nb, torch.ones_like(nb))
-    dot = ((a / na) * (b / nb)).sum().clamp(-1, 1)
-    if float(dot.abs()) > 0.9995:
-        ca, cb = 1 - t, t
-    else:
-        theta = torch.acos(dot)
-        s = torch.sin(theta)
-        ca, cb = torch.sin((1 - t) * theta) / s, torch.sin(t * theta) / s
+    dot = (_slerp_cos(a, b) if work is None else
+           work.constant(("slerp", name, id(base), id(delta)), lambda: _slerp_cos(a, b)))
+    ca, cb = _slerp_factors(dot, t)
     return (ca * a + cb * b).reshape(base.shape)
 
 
-def _model_stock(base, deltas, filter_wise):
-    """Model Stock: t = N c / (1 + (N - 1) c) from the mean pairwise cosine c of the offsets; base + t * mean."""
+def _stock_views(base, deltas, filter_wise):
+    """The base and offsets as model stock compares them: rows (filter_wise) or one flat vector."""
     cdt = _compute_dtype(base)
     w0 = base.to(cdt)
     offs = [torch.zeros_like(w0) if d is None else d.to(device=base.device, dtype=cdt) for d in deltas]
@@ -274,6 +306,11 @@ def _model_stock(base, deltas, filter_wise):
     else:
         w0 = w0.reshape(-1)
         offs = [o.reshape(-1) for o in offs]
+    return w0, offs
+
+
+def _stock_factor(offs):
+    """t = N c / (1 + (N - 1) c) from the mean pairwise cosine c of the offsets (per row when filter_wise)."""
     cos = []
     for i, a in enumerate(offs):
         for b in offs[i + 1:]:
@@ -283,6 +320,140 @@ def _model_stock(base, deltas, filter_wise):
     n = len(offs)
     den = 1 + (n - 1) * c
     singular = den.abs() < 1e-6  # no finite estimate: keep the base
-    t = torch.where(singular, torch.zeros_like(c), (n * c) / torch.where(singular, torch.ones_like(den), den))
+    return torch.where(singular, torch.zeros_like(c), (n * c) / torch.where(singular, torch.ones_like(den), den))
+
+
+def _stock_key(name, base, deltas, filter_wise):
+    return ("model_stock", name, bool(filter_wise), id(base), tuple(id(d) for d in deltas))
+
+
+def _model_stock(base, deltas, filter_wise, work=None, name=""):
+    """Model Stock: base + t * mean of the offsets; t depends on the endpoints only (cached with a workspace)."""
+    w0, offs = _stock_views(base, deltas, filter_wise)
+    t = (_stock_factor(offs) if work is None else
+         work.constant(_stock_key(name, base, deltas, filter_wise), lambda: _stock_factor(offs)))
+    n = len(offs)
     mean = sum(offs[1:], offs[0].clone()) / n
     return (w0 + t * mean).reshape(base.shape)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fused: the same arithmetic, compiled into one pass (merge3.merging.fused). Reductions stay eager, as above.
+
+def _flat_on(t: torch.Tensor | None, device, work: Workspace, slot: str) -> torch.Tensor | None:
+    """A flat view of t on ``device`` (offloaded task vectors are copied into scratch first)."""
+    if t is None:
+        return None
+    if t.device == device:
+        return t.reshape(-1)
+    return work.get(slot, t.numel(), t.dtype, device).copy_(t.reshape(-1))
+
+
+def _selection(spec, name, i, delta, shape, p, seed, rank, work):
+    """What ``_sparsify_into`` multiplies delta_i (flat, of ``shape``) by, in the fused kernel's terms (one kind
+    per method: an entry kept whole is a mask of ones); None: the selection is all zeros."""
+    from .fused import f32
+
+    kind, density, n, dev = spec.sparsify, p["density"], delta.numel(), delta.device
+    if kind is None or density >= 1:
+        return _keep_all(spec, rank, work, dev, n)
+    if kind in ("magnitude", "della") and density <= 0:
+        return None
+    if kind == "magnitude":
+        rank = S.magnitude_order(delta) if rank is None else rank
+        return ("rank_lt", rank.reshape(-1), max(1, int(density * n)))
+    if kind == "magnitude_outliers":
+        target = int(density * n)
+        if target <= 0 or n == 0:
+            return None
+        rank = S.outlier_order(delta) if rank is None else rank
+        n_bot = max(0, n - target - int(p["gamma"] * n))
+        return ("rank_between", rank.reshape(-1), n_bot, n_bot + target)
+    draws = work.get(f"draws{i}", n, torch.float32, dev)
+    draws.uniform_(0, 1, generator=tensor_generator(seed if seed is not None else 0, name, i, dev))
+    if kind == "random":
+        return ("draw_lt", draws, f32(density))
+    eps = p["epsilon"]
+    if density + eps >= 1 or density - eps <= 0:
+        raise ValueError(f"della needs density +/- epsilon inside (0, 1), got density={density:g}, "
+                         f"epsilon={eps:g}")
+    rank = S.della_ranks(delta.to(torch.float32).reshape(shape)) if rank is None else rank
+    return ("della", draws, rank.reshape(-1), max(rank.shape[1] - 1, 1), f32(2 * eps), f32(density - eps))
+
+
+def _keep_all(spec, rank, work, dev, n):
+    """The method's selection kind with a mask of ones (entries kept whole, or already selected). ``rank``: any
+    integer tensor of n entries (a mask of ones compares nothing that matters), so the graph stays the same."""
+    kind = spec.sparsify
+    if kind is None:
+        return ("none",)
+    rank = work.zeros("rank", n, torch.int32, dev) if rank is None else rank.reshape(-1)
+    if kind == "magnitude":
+        return ("rank_lt", rank, n)
+    if kind == "magnitude_outliers":
+        return ("rank_between", rank, 0, n)
+    zeros = work.zeros("draws", n, torch.float32, dev)
+    if kind == "random":
+        return ("draw_lt", zeros, 1.0)
+    return ("della", zeros, rank, 1, 0.0, 1.0)
+
+
+def _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work):
+    from . import fused as F
+
+    dev, n = base.device, base.numel()
+    flat_out = out.reshape(-1)
+    if spec.name == "slerp":
+        delta = deltas[0]
+        if delta is None:
+            return _store(_slerp(base, delta, shared["t"], work, name), out)
+        cdt = _compute_dtype(base)
+        dot = work.constant(("slerp", name, id(base), id(delta)), lambda: _slerp_cos(
+            base.to(cdt).reshape(-1), base.to(cdt).reshape(-1) + delta.to(device=dev, dtype=cdt).reshape(-1)))
+        ca, cb = _slerp_factors(dot, shared["t"])
+        ca, cb = (F.f32(ca), F.f32(cb)) if isinstance(ca, float) else (ca, cb)
+        F.slerp(flat_out, base.reshape(-1), _flat_on(delta, dev, work, "dev0"), ca, cb)
+        return out
+    if spec.name == "model_stock":
+        fw = shared["filter_wise"]
+        if any(d is None for d in deltas) or base.dim() > 2:
+            return _store(_model_stock(base, deltas, fw, work, name), out)
+        t = work.constant(_stock_key(name, base, deltas, fw), lambda: _stock_factor(_stock_views(base, deltas, fw)[1]))
+        shape = (-1, base.shape[-1]) if (fw and base.dim() > 1) else ((1, -1) if fw else (-1,))
+        views = [_flat_on(d, dev, work, f"dev{i}").reshape(shape) for i, d in enumerate(deltas)]
+        F.model_stock(out.reshape(shape), base.reshape(shape), views, t, len(deltas))
+        return out
+    if not per_model:
+        return _store(base.to(_compute_dtype(base)), out)
+    # The same graph for every tensor of a recipe: every input of one dtype (rescaled ones are float32 scratch),
+    # a selection of the method's kind (ones where the eager kernel skips it), a factor per input (1.0 likewise).
+    rescale = bool(shared.get("rescale", False))
+    some_rank = next((r for r in ranks or [] if r is not None), None)
+    dtype = torch.float32 if rescale else next((d.dtype for d in deltas if d is not None), base.dtype)
+    inputs, sels, factors, weights = [], [], [], []
+    for i, (delta, p) in enumerate(zip(deltas, per_model)):
+        d = _flat_on(delta, dev, work, f"dev{i}")
+        rank = None if ranks is None else ranks[i]
+        sel = None if d is None else _selection(spec, name, i, d, base.shape, p, seed, rank, work)
+        factor = work.constant(("one", i, str(dev)), lambda: torch.ones((), dtype=torch.float32, device=dev))
+        if sel is None:  # nothing kept: zeros, as the eager kernel's x.zero_()
+            d, sel = work.zeros("input", n, dtype, dev), _keep_all(spec, some_rank, work, dev, n)
+        elif rescale:  # the L1 rescale needs the masked vector whole: mask it first
+            x = work.get(f"x{i}", n, torch.float32, dev)
+            F.masked(x, d, sel)
+            if p["density"] < 1:
+                before = work.constant(("l1", name, i, id(delta)),
+                                       lambda: torch.linalg.vector_norm(d.to(torch.float32), ord=1))
+                after = torch.linalg.vector_norm(x, ord=1)
+                if not (before < S._EPS or after < S._EPS):
+                    factor = before / after
+            d, sel = x, _keep_all(spec, rank, work, dev, n)
+        inputs.append(d)
+        sels.append(sel)
+        factors.append(factor)
+        weights.append(F.f32(p["weight"]))
+    consensus = shared.get("consensus_method", "sum") if spec.consensus else None
+    total = float(sum(p["weight"] for p in per_model))
+    F.combine(flat_out, base.reshape(-1), inputs, sels, factors, weights, consensus, bool(shared["normalize"]),
+              F.f32(total if abs(total) >= 1e-8 else 1.0), F.f32(shared["lambda"]))
+    return out

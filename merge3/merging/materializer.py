@@ -46,7 +46,7 @@ def _same(a, b) -> bool:
 class Materializer:
     def __init__(self, base: str | Path, models: list[str | Path], device: str | None = None,
                  dtype: str | torch.dtype | None = None, offload_task_vectors: bool = False,
-                 check_finite: bool = True):
+                 check_finite: bool = True, fused: bool | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -59,6 +59,13 @@ class Materializer:
         stored = {m[1] for m in base_ckpt.meta.values() if m[1] in _DTYPES}
         self.dtype = resolve_dtype(dtype) or (_DTYPES[stored.pop()] if len(stored) == 1 else torch.float32)
         self.offload = bool(offload_task_vectors) and self.device.type == "cuda"
+        # Fused kernels (one compiled pass per tensor) by default on GPUs; on CPU they pay off over a search's many
+        # candidates but cost a compile per method at the start, so they are asked for.
+        self.fused = (self.device.type == "cuda") if fused is None else bool(fused)
+        if self.fused:
+            from .fused import check_available
+
+            check_available(self.device)
 
         self.model = AutoModelForCausalLM.from_pretrained(base, dtype=self.dtype, use_safetensors=True,
                                                           trust_remote_code=False).to(self.device).eval()
@@ -162,7 +169,7 @@ class Materializer:
             deltas = [None if tvs is None else tvs[name] for tvs in sources]
             ranks = self._cached_ranks(spec.sparsify, deltas) if spec.sparsify in self._RANKERS else None
             merge_tensor(spec, name, self._base[name], deltas, shared, per_model, seed=recipe.seed,
-                         out=self._targets[name].data, ranks=ranks, work=self._work)
+                         out=self._targets[name].data, ranks=ranks, work=self._work, fused=self.fused)
         return self.model
 
     @torch.no_grad()

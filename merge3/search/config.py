@@ -110,8 +110,17 @@ class Workers:
     device: str | None = key("materializer device (default: cuda when the worker has a GPU, else cpu)", None)
     dtype: str | None = key("materializer dtype (default: the models')", None)
     offload_task_vectors: bool = key("keep task vectors on CPU to save GPU memory", False)
+    fused_merge: bool | None = key("merge with fused kernels: one compiled pass per tensor instead of one per "
+                                   "operation (same results; 5-10x faster for the TIES family, slerp and model "
+                                   "stock) at the cost of a compile per method when a worker starts (needs a C++ "
+                                   "compiler on CPU). Default: on for GPUs, off on CPU", None)
     local_cpus: int | None = key("CPUs of the local Ray cluster started when no --address is given "
                                  "(default: all)", None)
+
+    def materializer_options(self) -> dict:
+        """The ScorerSpec fields these settings fill."""
+        return {"device": self.device, "dtype": self.dtype, "offload_task_vectors": self.offload_task_vectors,
+                "fused_merge": self.fused_merge}
 
 
 @dataclass(frozen=True)

@@ -62,8 +62,8 @@ def export_run(run_dir, out_dir, front: bool = False, top: int | None = None, ev
     w = cfg.workers
     scorer = CandidateScorer(ScorerSpec(
         base=cfg.base, models=list(cfg.models), genome=cfg.genome_config(), tasks=list(cfg.tasks),
-        include_path=cfg.include_path, evaluation=dict(cfg.evaluation), fitness="full", device=w.device,
-        dtype=w.dtype, offload_task_vectors=w.offload_task_vectors, cache_dir=str(rd.resolve())))
+        include_path=cfg.include_path, evaluation=dict(cfg.evaluation), fitness="full",
+        cache_dir=str(rd.resolve()), **w.materializer_options()))
     fit = cfg.fitness
     used = sum((meta.get("anchor_counts") or {}).values()) or "all"
     rows = []

@@ -42,7 +42,7 @@ def ensure_calibration(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> str 
         "merges evaluated fully, once")
     w = cfg.workers
     workers = None if pool_factory is None else (lambda spec: pool_factory(dataclasses.replace(
-        spec, device=w.device, dtype=w.dtype, offload_task_vectors=w.offload_task_vectors)))
+        spec, **w.materializer_options())))
     calibrate(auto_calibration_config(cfg), out, pool_factory=workers, log=say)
     return str(out)
 
@@ -104,8 +104,8 @@ def prepare(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> tuple[ScorerSpe
     w = cfg.workers
     spec = ScorerSpec(base=cfg.base, models=list(cfg.models), genome=cfg.genome_config(), tasks=list(cfg.tasks),
                       include_path=cfg.include_path, evaluation=dict(cfg.evaluation), fitness=cfg.fitness.type,
-                      estimator=cfg.fitness.estimator, calibration=cal_dir, anchors=anchors, device=w.device,
-                      dtype=w.dtype, offload_task_vectors=w.offload_task_vectors, cache_dir=str(rd.path.resolve()))
+                      estimator=cfg.fitness.estimator, calibration=cal_dir, anchors=anchors,
+                      cache_dir=str(rd.path.resolve()), **w.materializer_options())
     return spec, meta
 
 

@@ -1,0 +1,137 @@
+"""One-pass (fused) versions of the kernels' elementwise arithmetic, compiled with ``torch.compile``.
+
+Eager PyTorch makes one pass over memory per operation: a TIES merge of three bf16 endpoints is about 40 passes
+over each tensor (widen, mask, weigh, vote, keep, accumulate, divide, add the base, narrow). The functions here
+state the same operations, in the same order, on whole flat tensors; Inductor (C++ on CPU, Triton on GPU) fuses
+them into one loop that reads each input once and writes the live parameter once.
+
+Results are bit-identical to the eager kernels on CPU (Inductor compiles without floating-point contraction;
+every scalar is rounded to float32 here, as the eager kernels round it): ``tests/test_fused.py`` checks it for
+every method. What does not fuse stays eager and is computed exactly as the eager kernels compute it: the random
+draws (one generator stream per tensor and model), the L1 norms of DARE/DELLA rescaling (on the masked vectors),
+slerp's angle and model stock's cosines (both cached per tensor by ``kernels``).
+
+Each method variant compiles once per process (about 10-20 s on CPU, cached on disk by Inductor afterwards), so
+this pays off over a search's many candidates, not for a one-off merge.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_F32 = torch.float32
+
+
+def f32(x: float) -> float:
+    """A Python scalar rounded to float32, as an eager float32 kernel rounds it before the arithmetic."""
+    return float(torch.tensor(float(x), dtype=_F32))
+
+
+def _select(delta: torch.Tensor, sel: tuple) -> torch.Tensor:
+    """delta (widened) times its 0/1 keep mask. ``sel`` = (kind, ...) with one kind per method, so a method
+    compiles one graph whatever its densities (see ``kernels._selection``):
+      ("none",)                              every entry kept (no sparsification)
+      ("rank_lt", rank, k)                   magnitude: rank < k
+      ("rank_between", rank, lo, hi)         magnitude_outliers: lo <= rank < hi
+      ("draw_lt", draws, p)                  random: draw < p
+      ("della", draws, rank, cols, a, b)     della: draw < rank / cols * a + b"""
+    kind = sel[0]
+    x = delta.to(_F32)
+    if kind == "none":
+        return x
+    if kind == "rank_lt":
+        keep = sel[1] < sel[2]
+    elif kind == "rank_between":
+        keep = (sel[1] >= sel[2]) & (sel[1] < sel[3])
+    elif kind == "draw_lt":
+        keep = sel[1] < sel[2]
+    else:
+        _, draws, rank, cols, a, b = sel
+        keep = draws < (rank.to(_F32) / cols * a + b)
+    return x * keep.to(_F32)
+
+
+def _masked(out: torch.Tensor, delta: torch.Tensor, sel: tuple) -> None:
+    out.copy_(_select(delta, sel))
+
+
+def _combine(out: torch.Tensor, base: torch.Tensor, inputs: list, sels: list, factors: list, weights: list,
+             consensus: str | None, normalize: bool, total: float, lam: float) -> None:
+    """The TIES family: select, rescale (``factors``: 0-dim tensors, 1.0 when none), weigh, sign consensus
+    (None, "sum" or "count"), normalize, scale by lambda, add the base, write ``out``. Multiplying by 1.0 where
+    the eager kernel skips a step leaves every bit as it is, and keeps the graph the same for every tensor."""
+    xs = [_select(d, sel) * f * w for d, sel, f, w in zip(inputs, sels, factors, weights)]
+    if consensus is not None:
+        if consensus == "count":
+            votes = torch.sign(xs[0])
+            for x in xs[1:]:
+                votes = votes + torch.sign(x)
+        else:
+            votes = xs[0]
+            for x in xs[1:]:
+                votes = votes + x
+        majority = (votes >= 0).to(_F32) * 2 - 1
+        mixed = torch.zeros(base.shape, dtype=_F32, device=base.device)
+        divisor = torch.zeros(base.shape, dtype=_F32, device=base.device)
+        for x, w in zip(xs, weights):
+            keep = (x * majority > 0).to(_F32)
+            mixed = mixed + x * keep
+            divisor = divisor + keep * w
+        if normalize:
+            mixed = mixed / (divisor + (divisor == 0).to(_F32))
+    else:
+        mixed = xs[0]
+        for x in xs[1:]:
+            mixed = mixed + x
+        if normalize:
+            mixed = mixed / total
+    out.copy_(mixed * lam + base.to(_F32))
+
+
+def _slerp(out: torch.Tensor, base: torch.Tensor, delta: torch.Tensor, ca, cb) -> None:
+    a = base.to(_F32)
+    b = a + delta.to(_F32)
+    out.copy_(ca * a + cb * b)
+
+
+def _model_stock(out: torch.Tensor, base: torch.Tensor, deltas: list, t: torch.Tensor, n: int) -> None:
+    offs = [d.to(_F32) for d in deltas]
+    mean = offs[0]
+    for o in offs[1:]:
+        mean = mean + o
+    out.copy_(base.to(_F32) + t * (mean / n))
+
+
+class _Lazy:
+    """A function compiled on first call (shape-generic), so importing this module costs nothing."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.compiled = None
+
+    def __call__(self, *args):
+        if self.compiled is None:
+            import torch._dynamo
+
+            # One graph per method variant (method, normalize, dtypes, number of models): more than dynamo's
+            # default 8 graphs per function in a process that merges with several methods.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 512)
+            self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
+        return self.compiled(*args)
+
+
+masked = _Lazy(_masked)
+combine = _Lazy(_combine)
+slerp = _Lazy(_slerp)
+model_stock = _Lazy(_model_stock)
+
+
+def check_available(device) -> None:
+    """Compiles and runs a tiny kernel: a missing compiler is a one-line error before any candidate, not after."""
+    try:
+        out = torch.empty(4, device=device)
+        slerp(out, torch.ones(4, device=device), torch.ones(4, device=device), 0.5, 0.5)
+    except Exception as e:  # noqa: BLE001 - any compiler failure means the same thing to the user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RuntimeError(f"fused merge kernels need torch.compile to work on {device} (a C++ compiler on CPU, "
+                           f"Triton on GPU): {first}; turn them off with workers.fused_merge: false") from None
