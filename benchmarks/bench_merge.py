@@ -1,14 +1,15 @@
 """Per-candidate materialization time of every merge method, side by side with mergekit and a copy bound.
 
-For each model (the tiny world's small models and a synthetic Llama whose size is a flag) and each method:
+For each model (the tiny world's small models and a synthetic Llama whose size is a flag), thread count and method:
   ours      Materializer.apply(recipe): merged weights written in place into the live model (minimum of --repeats
-            after one warm-up call, which also fills the magnitude/DELLA rank caches);
+            after one warm-up call, which also fills the magnitude/DELLA rank caches and compiles the fused
+            kernels), once per kernel: eager (one pass per operation) and fused (one compiled pass per tensor);
   mergekit  mergekit 0.1.5 run_merge of the same recipe: merge and write to disk (one run);
   copy      a plain copy of the bytes the merge reads (the resident base and the method's task vectors) into the
             live model's parameters: the memory-bandwidth bound (timed interleaved with ours, minimum too).
-Prints a table and writes {"rows": [...]} JSON. Runs without Ray.
+Prints a table and writes {"rows": [...]} JSON. Runs without Ray. GPU shapes (1B, 8B): bench_merge_device.py.
 
-    .venv/bin/python benchmarks/bench_merge.py --world /tmp/w_small --hidden 768 --layers 8
+    .venv/bin/python benchmarks/bench_merge.py --world small --hidden 512 --layers 8 --intermediate 1536 --threads 1,2
 """
 
 from __future__ import annotations
@@ -140,29 +141,35 @@ def time_mergekit(recipe: MergeRecipe) -> float | None:
 
 
 def bench_model(label: str, base: Path, eps: list[Path], n_params: int, methods: list[str], repeats: int,
-                device: str, with_mergekit: bool) -> list[dict]:
+                device: str, with_mergekit: bool, kernels: list[str], threads: int) -> list[dict]:
     base = str(base.resolve())
     eps = [str(p.resolve()) for p in eps]
-    t0 = time.perf_counter()
-    mat = Materializer(base, eps, device=device)
-    load = time.perf_counter() - t0
+    mats = {}
+    for kernel in kernels:
+        t0 = time.perf_counter()
+        mats[kernel] = Materializer(base, eps, device=device, fused=kernel == "fused")
+        load = time.perf_counter() - t0
+    mat = next(iter(mats.values()))
     dtype = str(mat.dtype).replace("torch.", "")
-    print(f"[{label}] {n_params / 1e6:.1f}M params, {dtype}, loaded in {load:.1f}s, "
-          f"resident {sum(mat.memory_bytes().values()) / 2**30:.2f} GiB", flush=True)
+    print(f"[{label}, {threads} thread(s)] {n_params / 1e6:.1f}M params, {dtype}, loaded in {load:.1f}s, "
+          f"resident {sum(mat.memory_bytes().values()) / 2**30:.2f} GiB per materializer", flush=True)
     rows = []
     for method in methods:
         recipe = recipe_for(method, base, eps, dtype)
-        ours, bound, first = time_ours_any(mat, recipe, repeats)
         mk = time_mergekit(recipe) if with_mergekit else None
-        row = {"method": method, "model": label, "params": n_params, "dtype": dtype, "device": str(mat.device),
-               "seconds_per_candidate": round(ours, 5), "first_call_seconds": round(first, 5),
-               "mergekit_seconds": None if mk is None else round(mk, 4), "copy_bound_seconds": round(bound, 5),
-               "speedup_vs_mergekit": None if mk is None else round(mk / ours, 2),
-               "ratio_to_copy_bound": round(ours / bound, 2)}
-        rows.append(row)
-        print(f"  {method:17s} ours {ours:8.4f}s  mergekit {row['mergekit_seconds']}s  copy {bound:.4f}s  "
-              f"speedup {row['speedup_vs_mergekit']}x  /copy {row['ratio_to_copy_bound']}x", flush=True)
-    del mat
+        for kernel, m in mats.items():
+            ours, bound, first = time_ours_any(m, recipe, repeats)
+            row = {"method": method, "model": label, "params": n_params, "dtype": dtype, "device": str(m.device),
+                   "threads": threads, "kernel": kernel,
+                   "seconds_per_candidate": round(ours, 5), "first_call_seconds": round(first, 5),
+                   "mergekit_seconds": None if mk is None else round(mk, 4), "copy_bound_seconds": round(bound, 5),
+                   "speedup_vs_mergekit": None if mk is None else round(mk / ours, 2),
+                   "ratio_to_copy_bound": round(ours / bound, 2)}
+            rows.append(row)
+            print(f"  {method:17s} {kernel:5s} ours {ours:8.4f}s  mergekit {row['mergekit_seconds']}s  "
+                  f"copy {bound:.4f}s  speedup {row['speedup_vs_mergekit']}x  /copy {row['ratio_to_copy_bound']}x",
+                  flush=True)
+    del mats, mat
     return rows
 
 
@@ -180,15 +187,26 @@ def time_ours_any(mat: Materializer, recipe: MergeRecipe, repeats: int):
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"| {'model':12s} | {'method':17s} | {'ours s/cand':>11s} | {'mergekit s':>10s} | {'copy s':>8s} | "
-            f"{'speedup':>8s} | {'/copy':>6s} |")
+    head = (f"| {'model':12s} | {'thr':>3s} | {'method':17s} | {'kernel':6s} | {'ours s/cand':>11s} | "
+            f"{'mergekit s':>10s} | {'copy s':>8s} | {'speedup':>8s} | {'/copy':>6s} |")
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
     for r in rows:
         mk = "n/a" if r["mergekit_seconds"] is None else f"{r['mergekit_seconds']:.3f}"
         sp = "n/a" if r["speedup_vs_mergekit"] is None else f"{r['speedup_vs_mergekit']:.1f}x"
-        lines.append(f"| {r['model']:12s} | {r['method']:17s} | {r['seconds_per_candidate']:11.4f} | {mk:>10s} | "
+        lines.append(f"| {r['model']:12s} | {r['threads']:3d} | {r['method']:17s} | {r['kernel']:6s} | "
+                     f"{r['seconds_per_candidate']:11.4f} | {mk:>10s} | "
                      f"{r['copy_bound_seconds']:8.4f} | {sp:>8s} | {r['ratio_to_copy_bound']:5.2f}x |")
     return "\n".join(lines)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def main(argv=None) -> int:
@@ -202,33 +220,37 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default=None)
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch CPU threads for ours, the copy and mergekit alike (0: torch's default); on a "
-                         "machine loaded by other work, 1 avoids threads waiting on each other at every op")
+    ap.add_argument("--threads", default="1",
+                    help="comma-separated torch CPU thread counts, each measured in turn for ours, the copy and "
+                         "mergekit alike (0: torch's default)")
+    ap.add_argument("--kernels", default="eager,fused", help="materializer kernels to time: eager, fused or both")
     ap.add_argument("--no-mergekit", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "merge.json"))
     a = ap.parse_args(argv)
     methods = [m for m in a.methods.split(",") if m]
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    rows = []
+    kernels = [k for k in a.kernels.split(",") if k]
+    models = []
     if a.world:
         from merge3.world import resolve_world
 
         world = resolve_world(a.world)
-        eps = list(world.endpoints.values())
-        n = count_params(world.base)
-        rows += bench_model(f"world-{world.spec.size}", world.base, eps, n, methods, a.repeats, a.device,
-                            not a.no_mergekit)
+        models.append((f"world-{world.spec.size}", world.base, list(world.endpoints.values()), count_params(world.base)))
     if a.hidden:
         home = Path(os.environ.get("MERGE3_HOME", Path.home() / ".cache" / "merge3"))
         d = Path(a.synthetic_dir) if a.synthetic_dir else home / "bench"
         d = d / f"llama-h{a.hidden}-l{a.layers}-i{a.intermediate}-v{a.vocab}"
         base, eps, n = synthetic_llama(d, a.hidden, a.layers, a.intermediate, a.vocab)
-        rows += bench_model(f"llama-{n / 1e6:.0f}M", base, eps, n, methods, a.repeats, a.device, not a.no_mergekit)
+        models.append((f"llama-{n / 1e6:.0f}M", base, eps, n))
+    rows = []
+    for threads in [int(t) for t in a.threads.split(",")]:
+        if threads:
+            torch.set_num_threads(threads)
+        for label, base, eps, n in models:
+            rows += bench_model(label, base, eps, n, methods, a.repeats, a.device, not a.no_mergekit, kernels,
+                                torch.get_num_threads())
     print()
     print(table(rows))
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+    meta = {"torch": torch.__version__, "machine": platform.machine(), "processor": _cpu_name(),
             "cpu_count": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "timing": f"min over {a.repeats} interleaved repeats of ours and the copy, after one warm-up apply "
                       "(first_call_seconds, which fills the rank caches); mergekit: one run",

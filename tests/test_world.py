@@ -26,6 +26,22 @@ def test_cached_world_is_reused(micro_world):
     assert (micro_world.root / "world.json").stat().st_mtime_ns == before
 
 
+def test_concurrent_build_of_the_same_world(micro_world, tmp_path, monkeypatch):
+    """Two processes building one world: the one that finishes second returns the first one's world."""
+    import shutil
+
+    from merge3.world import build as B
+
+    def other_process_finishes_first(tmp, final, spec, progress):
+        shutil.copytree(micro_world.root, final)
+        tmp.mkdir(parents=True)
+
+    monkeypatch.setattr(B, "_build_into", other_process_finishes_first)
+    world = build_world("micro", out=tmp_path / "w", progress=False)
+    assert world.files == micro_world.files
+    assert [p.name for p in tmp_path.iterdir()] == ["w"]  # our half-built copy is gone
+
+
 def test_other_seed_changes_the_world():
     a, b = world_spec("micro", 0), world_spec("micro", 1)
     assert a.digest() != b.digest()

@@ -164,6 +164,8 @@ def build_world(size: str = "small", out: str | Path | None = None, seed: int = 
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         _build_into(tmp, root, spec, progress)
+        if (root / "world.json").is_file():  # another process built the same world meanwhile: same files
+            return load_world(root)
         if root.exists():
             root.rmdir()  # an empty directory given as --out
         os.replace(tmp, root)
