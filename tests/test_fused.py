@@ -53,6 +53,19 @@ def test_ties_family_bit_identical(method):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_weighted_sums_bit_identical(dtype):
+    base = _tensor(0, shape=(301, 67), dtype=dtype)  # an odd size: the vectorized loops' tails too
+    deltas = [_tensor(i, shape=(301, 67), dtype=dtype) * 0.01 for i in (1, 2, 3)]
+    per = [{"weight": 0.6}, {"weight": -0.3}, {"weight": 0.0}]
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        _both(get_method("linear"), base, deltas, {"normalize": True}, per)
+        _both(get_method("linear"), base, [None] + deltas[1:], {"normalize": False}, per)
+        _both(get_method("task_arithmetic"), base, deltas, {"normalize": False, "lambda": 0.8}, per)
+        _both(get_method("task_arithmetic"), base, deltas, {"normalize": True, "lambda": 1.0}, per)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_slerp_and_model_stock_bit_identical(dtype):
     base = _tensor(0, dtype=dtype)
     deltas = [_tensor(i, dtype=dtype) * 0.01 for i in (1, 2, 3)]

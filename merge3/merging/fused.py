@@ -5,9 +5,9 @@ over each tensor (widen, mask, weigh, vote, keep, accumulate, divide, add the ba
 state the same operations, in the same order, on whole flat tensors; Inductor (C++ on CPU, Triton on GPU) fuses
 them into one loop that reads each input once and writes the live parameter once.
 
-Results are bit-identical to the eager kernels on CPU (Inductor compiles without floating-point contraction;
-every scalar is rounded to float32 here, as the eager kernels round it): ``tests/test_fused.py`` checks it for
-every method. What does not fuse stays eager and is computed exactly as the eager kernels compute it: the random
+Results are bit-identical to the eager kernels on CPU (every scalar is rounded to float32 here, as the eager
+kernels round it; Inductor compiles without floating-point contraction, except for the weighted sum, whose eager
+``add_(d, alpha=s)`` is a fused multiply-add): ``tests/test_fused.py`` checks it for every method. What does not fuse stays eager and is computed exactly as the eager kernels compute it: the random
 draws (one generator stream per tensor and model), the L1 norms of DARE/DELLA rescaling (on the masked vectors),
 slerp's angle and model stock's cosines (both cached per tensor by ``kernels``).
 
@@ -34,7 +34,8 @@ def _select(delta: torch.Tensor, sel: tuple) -> torch.Tensor:
       ("rank_lt", rank, k)                   magnitude: rank < k
       ("rank_between", rank, lo, hi)         magnitude_outliers: lo <= rank < hi
       ("draw_lt", draws, p)                  random: draw < p
-      ("della", draws, rank, cols, a, b)     della: draw < rank / cols * a + b"""
+      ("della", draws, rank, cols, a, b)     della: draw < rank / cols * a + b
+    (draws: uniform_'s floats, or on CPU the raw int32 draws they are made of)"""
     kind = sel[0]
     x = delta.to(_F32)
     if kind == "none":
@@ -44,11 +45,18 @@ def _select(delta: torch.Tensor, sel: tuple) -> torch.Tensor:
     elif kind == "rank_between":
         keep = (sel[1] >= sel[2]) & (sel[1] < sel[3])
     elif kind == "draw_lt":
-        keep = sel[1] < sel[2]
+        keep = _uniform(sel[1]) < sel[2]
     else:
         _, draws, rank, cols, a, b = sel
-        keep = draws < (rank.to(_F32) / cols * a + b)
+        keep = _uniform(draws) < (rank.to(_F32) / cols * a + b)
     return x * keep.to(_F32)
+
+
+def _uniform(draws: torch.Tensor) -> torch.Tensor:
+    """uniform_'s float from a raw 32-bit draw (its low 24 bits over 2**24); float draws pass through."""
+    if draws.dtype == _F32:
+        return draws
+    return (draws & 0xFFFFFF).to(_F32) * (2.0 ** -24)
 
 
 def _masked(out: torch.Tensor, delta: torch.Tensor, sel: tuple) -> None:
@@ -88,6 +96,16 @@ def _combine(out: torch.Tensor, base: torch.Tensor, inputs: list, sels: list, fa
     out.copy_(mixed * lam + base.to(_F32))
 
 
+def _weighted_sum(out: torch.Tensor, start: torch.Tensor, deltas: list, scales: list) -> None:
+    """linear and task_arithmetic: start + sum s_i delta_i (start: the base, or c * base computed eagerly), each
+    term added as the eager ``add_(d, alpha=s)`` adds it: one fused multiply-add (compiled with contraction on,
+    so the bits match)."""
+    acc = start.to(_F32)
+    for d, s in zip(deltas, scales):
+        acc = torch.add(acc, d.to(_F32), alpha=s)
+    out.copy_(acc)
+
+
 def _slerp(out: torch.Tensor, base: torch.Tensor, delta: torch.Tensor, ca, cb) -> None:
     a = base.to(_F32)
     b = a + delta.to(_F32)
@@ -105,8 +123,9 @@ def _model_stock(out: torch.Tensor, base: torch.Tensor, deltas: list, t: torch.T
 class _Lazy:
     """A function compiled on first call (shape-generic), so importing this module costs nothing."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, **options):
         self.fn = fn
+        self.options = options
         self.compiled = None
 
     def __call__(self, *args):
@@ -116,11 +135,12 @@ class _Lazy:
             # One graph per method variant (method, normalize, dtypes, number of models): more than dynamo's
             # default 8 graphs per function in a process that merges with several methods.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 512)
-            self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
+            self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True, options=self.options or None)
         return self.compiled(*args)
 
 
 masked = _Lazy(_masked)
+weighted_sum = _Lazy(_weighted_sum, **{"cpp.enable_floating_point_contract_flag": "fast"})
 combine = _Lazy(_combine)
 slerp = _Lazy(_slerp)
 model_stock = _Lazy(_model_stock)

@@ -45,7 +45,7 @@ def merge_tensor(spec: MethodSpec, name: str, base: torch.Tensor, deltas: list, 
     if not base.is_floating_point():
         return _store(base, out)
     if spec.name in ("linear", "task_arithmetic"):
-        return _weighted_sum(spec, name, base, deltas, shared, per_model, out)
+        return _weighted_sum(spec, name, base, deltas, shared, per_model, out, fused)
     if fused and base.numel() > 0:
         out = torch.empty(base.shape, dtype=_compute_dtype(base), device=base.device) if out is None else out
         return _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work or Workspace())
@@ -56,7 +56,7 @@ def merge_tensor(spec: MethodSpec, name: str, base: torch.Tensor, deltas: list, 
     return _generalized(spec, name, base, deltas, shared, per_model, seed, ranks, out, work)
 
 
-def _weighted_sum(spec, name, base, deltas, shared, per_model, out):
+def _weighted_sum(spec, name, base, deltas, shared, per_model, out, fused=False):
     """linear and task_arithmetic: c * base + sum s_i delta_i, written straight into ``out`` when it is float."""
     w = [p["weight"] for p in per_model]
     if spec.name == "linear":
@@ -73,6 +73,16 @@ def _weighted_sum(spec, name, base, deltas, shared, per_model, out):
         lam = shared["lambda"]
         c, scale = 1.0, [x / div * lam for x in w]
     cdt = _compute_dtype(base)
+    if fused and base.numel() > 0 and cdt == torch.float32:
+        from . import fused as F
+
+        out = torch.empty(base.shape, dtype=cdt, device=base.device) if out is None else out
+        terms = [(d, s) for d, s in zip(deltas, scale) if d is not None and s != 0.0]
+        # c * base stays its own (eager) rounding step: compiled with contraction on, it would join the first add
+        start = base if c == 1.0 else torch.mul(base.to(cdt), c)
+        F.weighted_sum(out.reshape(-1), start.reshape(-1), [d.reshape(-1).to(base.device) for d, _ in terms],
+                       [F.f32(s) for _, s in terms])
+        return out
     direct = out is not None and out.dtype == cdt and out.device == base.device
     acc = out if direct else torch.empty(base.shape, dtype=cdt, device=base.device)
     if c == 1.0:
@@ -369,8 +379,12 @@ def _selection(spec, name, i, delta, shape, p, seed, rank, work):
         rank = S.outlier_order(delta) if rank is None else rank
         n_bot = max(0, n - target - int(p["gamma"] * n))
         return ("rank_between", rank.reshape(-1), n_bot, n_bot + target)
-    draws = work.get(f"draws{i}", n, torch.float32, dev)
-    draws.uniform_(0, 1, generator=tensor_generator(seed if seed is not None else 0, name, i, dev))
+    draws = work.get(f"draws{i}", n, _draw_dtype(dev), dev)
+    gen = tensor_generator(seed if seed is not None else 0, name, i, dev)
+    if draws.dtype == torch.float32:
+        draws.uniform_(0, 1, generator=gen)
+    else:  # CPU: the same 32-bit draws uniform_ consumes (it keeps their low 24 bits), a third faster to make
+        draws.random_(generator=gen)
     if kind == "random":
         return ("draw_lt", draws, f32(density))
     eps = p["epsilon"]
@@ -379,6 +393,11 @@ def _selection(spec, name, i, delta, shape, p, seed, rank, work):
                          f"epsilon={eps:g}")
     rank = S.della_ranks(delta.to(torch.float32).reshape(shape)) if rank is None else rank
     return ("della", draws, rank.reshape(-1), max(rank.shape[1] - 1, 1), f32(2 * eps), f32(density - eps))
+
+
+def _draw_dtype(device) -> torch.dtype:
+    """int32 raw draws on CPU (``fused._draws`` turns them into uniform_'s floats); uniform_'s floats elsewhere."""
+    return torch.int32 if torch.device(device).type == "cpu" else torch.float32
 
 
 def _keep_all(spec, rank, work, dev, n):
@@ -392,7 +411,7 @@ def _keep_all(spec, rank, work, dev, n):
         return ("rank_lt", rank, n)
     if kind == "magnitude_outliers":
         return ("rank_between", rank, 0, n)
-    zeros = work.zeros("draws", n, torch.float32, dev)
+    zeros = work.zeros("draws", n, _draw_dtype(dev), dev)
     if kind == "random":
         return ("draw_lt", zeros, 1.0)
     return ("della", zeros, rank, 1, 0.0, 1.0)
@@ -425,8 +444,9 @@ def _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work):
         return out
     if not per_model:
         return _store(base.to(_compute_dtype(base)), out)
-    # The same graph for every tensor of a recipe: every input of one dtype (rescaled ones are float32 scratch),
-    # a selection of the method's kind (ones where the eager kernel skips it), a factor per input (1.0 likewise).
+    # The same graph for every tensor of a recipe: every input of one dtype, a selection of one kind (a mask of
+    # ones where the eager kernel skips it; none when rescaling, whose inputs are masked first into float32
+    # scratch), a factor per input (1.0 likewise).
     rescale = bool(shared.get("rescale", False))
     some_rank = next((r for r in ranks or [] if r is not None), None)
     dtype = torch.float32 if rescale else next((d.dtype for d in deltas if d is not None), base.dtype)
@@ -436,18 +456,19 @@ def _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work):
         rank = None if ranks is None else ranks[i]
         sel = None if d is None else _selection(spec, name, i, d, base.shape, p, seed, rank, work)
         factor = work.constant(("one", i, str(dev)), lambda: torch.ones((), dtype=torch.float32, device=dev))
-        if sel is None:  # nothing kept: zeros, as the eager kernel's x.zero_()
+        empty = sel is None
+        if empty:  # nothing kept: zeros, as the eager kernel's x.zero_()
             d, sel = work.zeros("input", n, dtype, dev), _keep_all(spec, some_rank, work, dev, n)
-        elif rescale:  # the L1 rescale needs the masked vector whole: mask it first
+        if rescale:  # the L1 rescale needs the masked vector whole: mask it first, then combine it as it is
             x = work.get(f"x{i}", n, torch.float32, dev)
             F.masked(x, d, sel)
-            if p["density"] < 1:
+            if p["density"] < 1 and not empty:
                 before = work.constant(("l1", name, i, id(delta)),
                                        lambda: torch.linalg.vector_norm(d.to(torch.float32), ord=1))
                 after = torch.linalg.vector_norm(x, ord=1)
                 if not (before < S._EPS or after < S._EPS):
                     factor = before / after
-            d, sel = x, _keep_all(spec, rank, work, dev, n)
+            d, sel = x, ("none",)
         inputs.append(d)
         sels.append(sel)
         factors.append(factor)
