@@ -24,7 +24,7 @@ from . import language as L
 from . import tasks as T
 from ..progress import progress as _progress
 
-WORLD_VERSION = 2  # bump when generators or training change, so old caches are not reused
+WORLD_VERSION = 3  # bump when generators or training change, so old caches are not reused
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,11 @@ class WorldSpec:
 SIZES = {
     # micro: for tests, builds in well under a minute on 2 cores. Fewer items keep test evaluations quick.
     "micro": dict(hidden=64, intermediate=160, layers=2, heads=4, kv_heads=2, block=64, batch=32,
-                  base_steps=300, endpoint_steps=150, base_lr=3e-3, endpoint_lr=2e-3,
+                  base_steps=400, endpoint_steps=400, base_lr=3e-3, endpoint_lr=2e-3,
                   items_per_task=200, creatures=70),
     # small: the demo's world, at least 1000 items per task.
     "small": dict(hidden=96, intermediate=256, layers=4, heads=4, kv_heads=2, block=64, batch=32,
-                  base_steps=1000, endpoint_steps=500, base_lr=3e-3, endpoint_lr=2e-3,
+                  base_steps=1200, endpoint_steps=1000, base_lr=3e-3, endpoint_lr=2e-3,
                   items_per_task=1000, creatures=340),
 }
 ENDPOINTS = {
@@ -65,6 +65,20 @@ ENDPOINTS = {
     "lang_vl": "general text in Veltic, the second language",
     "facts_en": "facts about made-up creatures (the distractor)",
 }
+
+
+# Fine-tuning steps per endpoint, as a fraction of ``endpoint_steps``: arithmetic takes the longest to learn.
+STEP_SHARE = {"math_en": 1.5, "lang_vl": 1.2, "facts_en": 0.5}
+# Learning rate per endpoint, as a multiple of ``endpoint_lr``: the language endpoint learns only vocabulary rows.
+LR_SCALE = {"math_en": 1.0, "lang_vl": 1.5, "facts_en": 1.0}
+# Parameters an endpoint's fine-tune leaves fixed. The math endpoint keeps the base's word embeddings, so its
+# circuits read the features the base gave the words (e.g. the direction of gets/loses), which the language
+# endpoint also gives the Veltic words: the two endpoints' skills compose in a merge.
+FROZEN = {"math_en": ("embed_tokens",), "lang_vl": ("layers", "model.norm"), "facts_en": ()}
+
+
+def endpoint_steps(spec: "WorldSpec", name: str) -> int:
+    return max(1, round(spec.endpoint_steps * STEP_SHARE[name]))
 
 
 def world_spec(size: str, seed: int = 0) -> WorldSpec:
@@ -175,14 +189,34 @@ def build_world(size: str = "small", out: str | Path | None = None, seed: int = 
 
 
 def _build_into(tmp: Path, final: Path, spec: WorldSpec, progress: bool) -> None:
-    from .train import make_tokenizer, new_model, train_model  # torch is imported only when building
+    from .train import make_tokenizer  # torch is imported only when building
 
     lexicon = L.Lexicon.build(spec.seed, spec.creatures)
     for task in T.TASKS:
         T.write_task(task, T.make_items(task, lexicon, spec.seed, spec.items_per_task), tmp / "tasks", final / "tasks")
 
+    import torch
+
     tokenizer = make_tokenizer(lexicon.vocabulary())
-    total = spec.base_steps + len(ENDPOINTS) * spec.endpoint_steps
+    # One thread: the same floating-point reductions on every machine (so the same weights), and no thread
+    # contention on a busy machine (two threads competing with other work ran ten times slower).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _train_all(tmp, spec, lexicon, tokenizer, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+    files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*"))
+             if p.is_file() and (p.suffix in (".safetensors", ".jsonl"))}
+    meta = {"spec": asdict(spec), "hash": spec.digest(), "tasks": T.TASKS, "endpoints": ENDPOINTS, "files": files}
+    (tmp / "world.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def _train_all(tmp: Path, spec: WorldSpec, lexicon, tokenizer, progress: bool) -> None:
+    from .train import new_model, train_model
+
+    total = spec.base_steps + sum(endpoint_steps(spec, name) for name in ENDPOINTS)
     bar = _progress(total, f"building {spec.size} world", progress)
     try:
         base = new_model(spec, len(tokenizer))
@@ -192,17 +226,21 @@ def _build_into(tmp: Path, final: Path, spec: WorldSpec, progress: bool) -> None
         for i, name in enumerate(ENDPOINTS):
             model = new_model(spec, len(tokenizer))
             model.load_state_dict(base.state_dict())
-            docs = T.corpus_documents(name, lexicon, spec.seed, spec.endpoint_steps * spec.batch)
-            train_model(model, tokenizer, docs, spec, spec.endpoint_steps, spec.endpoint_lr,
-                        seed=spec.seed + 1 + i, bar=bar, label=name)
+            steps = endpoint_steps(spec, name)
+            docs = T.corpus_documents(name, lexicon, spec.seed, steps * spec.batch)
+            rows = _veltic_rows(tokenizer, lexicon) if name == "lang_vl" else None
+            train_model(model, tokenizer, docs, spec, steps, spec.endpoint_lr * LR_SCALE[name],
+                        seed=spec.seed + 1 + i, bar=bar, label=name, weight_decay=0.0,
+                        frozen=FROZEN[name], rows=rows)
             _save(model, tokenizer, tmp / "models" / name)
     finally:
         bar.close()
 
-    files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*"))
-             if p.is_file() and (p.suffix in (".safetensors", ".jsonl"))}
-    meta = {"spec": asdict(spec), "hash": spec.digest(), "tasks": T.TASKS, "endpoints": ENDPOINTS, "files": files}
-    (tmp / "world.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+def _veltic_rows(tokenizer, lexicon) -> list[int]:
+    """Vocabulary rows of the words only Veltic uses (the language endpoint learns these and nothing else)."""
+    shared = set(L.english_vocabulary()) | set(L.NUMBERS)
+    return sorted(tokenizer.convert_tokens_to_ids(w) for w in set(lexicon.to_veltic.values()) - shared)
 
 
 def _save(model, tokenizer, path: Path) -> None:

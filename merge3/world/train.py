@@ -40,13 +40,25 @@ def pack(tokenizer, docs: list[str], block: int) -> torch.Tensor:
     return torch.tensor(ids[: n * block], dtype=torch.long).view(n, block)
 
 
-def train_model(model, tokenizer, docs: list[str], spec, steps: int, lr: float, seed: int, bar=None, label: str = "") -> float:
-    """Trains ``model`` in place for ``steps`` AdamW steps (warm-up, cosine decay); returns the last loss."""
+def train_model(model, tokenizer, docs: list[str], spec, steps: int, lr: float, seed: int, bar=None, label: str = "",
+                weight_decay: float = 0.01, frozen: tuple[str, ...] = (), rows: list[int] | None = None) -> float:
+    """Trains ``model`` in place for ``steps`` AdamW steps (warm-up, cosine decay); returns the last loss.
+    Fine-tunes use ``weight_decay=0``: decay would move every parameter, also the rows of words the
+    fine-tune never sees, and blur which endpoint owns which weights."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     data = pack(tokenizer, docs, spec.block)
     order: list[int] = []
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    for name, p in model.named_parameters():
+        p.requires_grad_(not any(f in name for f in frozen))
+    params = [p for p in model.parameters() if p.requires_grad]
+    hooks = []
+    if rows is not None:  # only these vocabulary rows of the embeddings and the output head learn
+        mask = torch.zeros(model.config.vocab_size, 1)
+        mask[list(rows)] = 1.0
+        hooks = [w.register_hook(lambda g: g * mask) for w in (model.model.embed_tokens.weight, model.lm_head.weight)
+                 if w.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
@@ -61,7 +73,7 @@ def train_model(model, tokenizer, docs: list[str], spec, steps: int, lr: float, 
         del order[: spec.batch]
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -71,4 +83,8 @@ def train_model(model, tokenizer, docs: list[str], spec, steps: int, lr: float, 
             if step % 25 == 0:
                 bar.set_postfix_str(f"{label} loss {loss_value:.3f}")
     model.eval()
+    for h in hooks:
+        h.remove()
+    for p in model.parameters():
+        p.requires_grad_(True)
     return loss_value
