@@ -11,6 +11,14 @@ it takes any ``score(job) -> Score`` callable.
 A job still running after its time limit (``timeout_s``; 10x for jobs that answer every item) is treated like a
 worker death: the actor is killed and replaced, and the job retried or reported as failed.
 
+``pool.run(jobs, more)`` yields each result as it completes; ``more()``, when given, is called whenever a
+worker is free and no job is queued, and returns further jobs (asynchronous dispatch: the search asks for a
+new candidate as soon as a worker is free); the run ends when nothing is queued or running and ``more()``
+returns nothing.
+
+``ThreadPool``: ``n_workers`` threads in this process calling one ``score(job)``: for evaluators that wait
+rather than compute (simulated ones in the benchmarks, a remote service).
+
 A pool is opened by a *pool factory* ``factory(spec, workers_config, address) -> pool``; :func:`open_ray_pool`
 is the default, tests pass their own (e.g. one whose workers crash on chosen jobs: ``merge3.search.testing``).
 """
@@ -32,14 +40,54 @@ class InlinePool:
         self._score, self.name = score, name
         self.n_workers = 1
 
-    def run(self, jobs: list) -> Iterator[Score]:
-        for job in jobs:
-            res = self._score(job)
+    def run(self, jobs: list, more: Callable | None = None) -> Iterator[Score]:
+        queue = deque(jobs)
+        while True:
+            if not queue and more is not None:
+                queue.extend(more())
+            if not queue:
+                return
+            res = self._score(queue.popleft())
             res.worker = res.worker or self.name
             yield res
 
     def close(self) -> None:
         pass
+
+
+class ThreadPool:
+    def __init__(self, score: Callable, n_workers: int, name: str = "thread"):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._score, self.name, self.n_workers = score, name, int(n_workers)
+        self._ex = ThreadPoolExecutor(max_workers=self.n_workers, thread_name_prefix="merge3-worker")
+
+    def run(self, jobs: list, more: Callable | None = None) -> Iterator[Score]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        queue, running = deque(jobs), set()
+        try:
+            while True:
+                while len(running) < self.n_workers:
+                    if not queue and more is not None:
+                        queue.extend(more())
+                    if not queue:
+                        break
+                    running.add(self._ex.submit(self._score, queue.popleft()))
+                if not running:
+                    return
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                fut = min(done, key=lambda f: id(f))
+                running.remove(fut)
+                res = fut.result()
+                res.worker = res.worker or self.name
+                yield res
+        finally:
+            for fut in running:
+                fut.cancel()
+
+    def close(self) -> None:
+        self._ex.shutdown(wait=True, cancel_futures=True)
 
 
 def start_ray(address: str | None, local_cpus: int | None = None) -> bool:
@@ -68,6 +116,13 @@ class _Actor:
     def score(self, job) -> Score:
         return self.scorer.score(job)
 
+    def ready(self) -> bool:
+        """Answers once the scorer is set up (models loaded): a job's time limit starts then."""
+        warm_up = getattr(self.scorer, "warm_up", None)
+        if warm_up is not None:
+            warm_up()
+        return True
+
 
 class RayPool:
     def __init__(self, spec, num_workers: int | None = None, cpus_per_worker: float = 1,
@@ -93,6 +148,8 @@ class RayPool:
         if spec.threads is None and not gpus_per_worker:
             spec = dataclasses.replace(spec, threads=max(1, int(cpus_per_worker)))
         self._spec, self._scorer_cls = spec, scorer_cls
+        self._starting: dict = {}  # ready() ObjectRef -> actor still setting up its scorer
+        self._ready: set = set()
         self._cls = ray.remote(_Actor).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0,
                                                max_task_retries=0)
         self.actors = [self._new_actor() for _ in range(num_workers)]
@@ -100,7 +157,19 @@ class RayPool:
         self.max_replacements = 4 * num_workers + 4 * max(1, max_retries)
 
     def _new_actor(self):
-        return self._cls.remote(self._scorer_cls, self._spec)
+        actor = self._cls.remote(self._scorer_cls, self._spec)
+        self._starting[actor.ready.remote()] = actor
+        return actor
+
+    def _deadline(self, actor, job) -> tuple[float | None, bool]:
+        """(deadline, counting): a job's limit counts from when its worker is set up; a worker still starting
+        gets 10x the limit to finish starting (a worker that never starts is treated like a hung one)."""
+        limit = self._limit(job)
+        if limit is None:
+            return None, True
+        if actor in self._ready:
+            return time.monotonic() + limit, True
+        return time.monotonic() + 10 * limit, False
 
     def _limit(self, job) -> float | None:
         """Seconds ``job`` may run: ``timeout_s``, 10x for jobs that answer every item."""
@@ -108,32 +177,44 @@ class RayPool:
             return None
         return self.timeout_s * (10 if getattr(job, "full_responses", True) else 1)
 
-    def run(self, jobs: list) -> Iterator[Score]:
+    def run(self, jobs: list, more: Callable | None = None) -> Iterator[Score]:
         ray = self.ray
         queue = deque((job, 0) for job in jobs)  # (job, attempts so far)
         idle = deque(self.actors)
-        running: dict = {}  # ObjectRef -> (actor, job, attempts, deadline)
-        while queue or running:
-            while queue and idle:
+        running: dict = {}  # ObjectRef -> (actor, job, attempts, deadline, counting)
+        while True:
+            while idle:
+                if not queue and more is not None:
+                    queue.extend((job, 0) for job in more())
+                if not queue:
+                    break
                 actor = idle.popleft()
                 job, attempts = queue.popleft()
-                limit = self._limit(job)
-                deadline = None if limit is None else time.monotonic() + limit
-                running[actor.score.remote(dataclasses.replace(job, attempt=attempts))] = (actor, job, attempts,
-                                                                                          deadline)
+                running[actor.score.remote(dataclasses.replace(job, attempt=attempts))] = (
+                    actor, job, attempts, *self._deadline(actor, job))
             if not running:
-                raise RuntimeError("no live Ray worker left to evaluate candidates")
-            deadlines = [d for *_, d in running.values() if d is not None]
+                if queue:
+                    raise RuntimeError("no live Ray worker left to evaluate candidates")
+                return
+            deadlines = [v[3] for v in running.values() if v[3] is not None]
             wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-            done, _ = ray.wait(list(running), num_returns=1, timeout=wait_s)
+            done, _ = ray.wait(list(running) + list(self._starting), num_returns=1, timeout=wait_s)
             if not done:  # a job ran past its limit: cancel it like a dead worker's
                 ref = min((r for r, v in running.items() if v[3] is not None), key=lambda r: running[r][3])
-                actor, job, attempts, _ = running.pop(ref)
-                yield from self._retry_or_fail(actor, job, attempts, idle, queue,
-                                               f"timed out after {self._limit(job):g} s")
+                actor, job, attempts, _, counting = running.pop(ref)
+                why = (f"timed out after {self._limit(job):g} s" if counting else
+                       f"timed out: its worker did not start within {10 * self._limit(job):g} s")
+                yield from self._retry_or_fail(actor, job, attempts, idle, queue, why)
                 continue
             ref = done[0]
-            actor, job, attempts, _ = running.pop(ref)
+            if ref in self._starting:  # a worker finished setting up: its job's time limit starts now
+                actor = self._starting.pop(ref)
+                self._ready.add(actor)
+                for r, (a, job, attempts, _, counting) in list(running.items()):
+                    if a == actor and not counting:
+                        running[r] = (a, job, attempts, *self._deadline(a, job))
+                continue
+            actor, job, attempts, _, _ = running.pop(ref)
             try:
                 res = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
@@ -163,6 +244,8 @@ class RayPool:
     def _replace(self, dead, idle: deque) -> None:
         if dead in self.actors:
             self.actors.remove(dead)
+        self._ready.discard(dead)
+        self._starting = {r: a for r, a in self._starting.items() if a != dead}
         try:
             self.ray.kill(dead)
         except Exception:  # best effort: the actor is gone already; a failed kill must not stop the search
