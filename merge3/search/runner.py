@@ -28,7 +28,7 @@ from .front import front_entry, objective_vector, pareto_front, to_verify, verif
 from .prepare import prepare
 from .resources import load_config
 from .rundir import RunDir, RunDirectoryLocked, RunLock  # noqa: F401  (RunDirectoryLocked: part of the API)
-from .workers import InlinePool, open_ray_pool
+from .workers import InlinePool, check_address, open_ray_pool
 
 
 def _say(msg: str) -> None:
@@ -73,16 +73,23 @@ class Search:
         """Validates fully (raises before the run directory is touched), then creates the run directory."""
         cfg = load_config(config, name=config_name, base_dir=base_dir)
         rd = RunDir(run_dir if run_dir is not None else Path("runs") / cfg.name)
+        if kw.get("address") and kw.get("evaluate") is None and kw.get("pool_factory") is None:
+            check_address(kw["address"])  # before the run directory exists: a wrong address leaves nothing behind
         if rd.exists():
-            raise FileExistsError(f"run directory {rd.path} already holds a search; continue it with "
-                                  f"`merge3 resume {rd.path}` or choose another --run-dir")
+            with RunLock(rd.path):  # busy: the error names the process holding it
+                if not rd.setup_unfinished():
+                    raise FileExistsError(f"run directory {rd.path} already holds a search; continue it with "
+                                          f"`merge3 resume {rd.path}` or choose another --run-dir")
+            (rd / "anchors.json").unlink(missing_ok=True)  # chosen for the old config
+            _say(f"{rd.path}: its set-up never finished (no meta.json, no evaluation); starting it again with "
+                 "this config (evaluations of an auto calibration already made are kept)")
         if rd.path.exists() and not rd.path.is_dir():
             raise FileExistsError(f"run directory {rd.path} exists and is not a directory")
         rd.path.mkdir(parents=True, exist_ok=True)
         self = cls(cfg, rd.path, **kw)
         self.lock.acquire()
         try:
-            if rd.exists():  # lost a race with another process
+            if rd.exists() and not rd.setup_unfinished():  # lost a race with another process
                 raise FileExistsError(f"run directory {rd.path} already holds a search")
             rd.write_config(cfg)
         except BaseException:

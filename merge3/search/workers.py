@@ -90,20 +90,59 @@ class ThreadPool:
         self._ex.shutdown(wait=True, cancel_futures=True)
 
 
+ADDRESS_TIMEOUT_S = 10.0  # how long a --address may take to answer before merge3 gives up
+
+
+def check_address(address: str, timeout_s: float = ADDRESS_TIMEOUT_S) -> None:
+    """Fails with one line when nothing answers at a Ray ``address`` (``HOST:PORT``, ``ray://HOST:PORT``; ``auto``
+    and ``local`` are left to Ray) within ``timeout_s``: ``ray.init`` itself would retry forever."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        host, port = rest, "10001" if address.startswith("ray://") else "6379"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or type(exc).__name__)
+        raise ConnectionError(f"--address {address}: no Ray cluster answers at {host}:{port} ({why}, waited at "
+                              f"most {timeout_s:g} s); start one there (ray start --head) or fix the address") from None
+
+
+SINGLE_NODE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's switch for single-node use: "0" binds to loopback
+
+
+def local_ray_options(local_cpus: int | None) -> dict:
+    """ray.init options of the private local cluster. Every Ray process (GCS, raylet, workers, dashboard agent)
+    binds to 127.0.0.1: node address 127.0.0.1 with Ray's single-node switch off (on Linux Ray would otherwise
+    replace 127.0.0.1 by the host's address and listen on every interface). Authentication is left as Ray sets
+    it: Ray 2.x turns token authentication on for a new local cluster unless ``RAY_AUTH_MODE`` says otherwise;
+    merge3 never turns it off."""
+    return {"address": "local", "num_cpus": local_cpus or os.cpu_count() or 1, "include_dashboard": False,
+            "dashboard_host": "127.0.0.1", "_node_ip_address": "127.0.0.1"}
+
+
 def start_ray(address: str | None, local_cpus: int | None = None) -> bool:
     """Connects to ``address`` or starts a private local cluster; returns True when this call started Ray."""
+    if not address:  # read by Ray when imported, and by the processes it starts
+        os.environ[SINGLE_NODE] = "0"
     import ray
+    import ray._private.ray_constants as ray_constants
 
     from ..quiet import ray_logging_level
 
     if ray.is_initialized():
         return False
     if address:
+        check_address(address)
         ray.init(address=address, log_to_driver=False, logging_level=ray_logging_level())
         return True
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", num_cpus=local_cpus or os.cpu_count() or 1, include_dashboard=False,
-             log_to_driver=False, logging_level=ray_logging_level())
+    ray_constants.ENABLE_RAY_CLUSTER = False  # Ray imported before: the same switch
+    ray.init(log_to_driver=False, logging_level=ray_logging_level(), **local_ray_options(local_cpus))
     return True
 
 
