@@ -75,7 +75,8 @@ def test_async_killed_and_resumed_equals_uninterrupted(stops, micro_world, tmp_p
     assert res.done
     assert [_key(r) for r in _log(run_dir)] == [_key(r) for r in _log(tmp_path / "ref")]  # same order, once each
     assert [r["candidate"] for r in res.front] == [r["candidate"] for r in ref.front]
-    assert json.loads((run_dir / "result.json").read_text()) == json.loads((tmp_path / "ref" / "result.json").read_text())
+    ref_result = json.loads((tmp_path / "ref" / "result.json").read_text())
+    assert json.loads((run_dir / "result.json").read_text()) == ref_result
 
 
 def test_async_resume_refuses_a_foreign_log(micro_world, tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import os
 import shutil
 import socket
@@ -229,7 +228,8 @@ def test_export_stopped_by_a_full_disk_continues_into_the_same_folder(micro_worl
     assert len(done) == 1 and not list(out.glob(".*tmp-*"))  # one finished folder, nothing half-written
     first = (out / done[0] / "model.safetensors.index.json").stat().st_mtime_ns
     summary = export_run(tmp_path / "run", out, top=3, evaluate=False, progress=False)
-    assert len(summary["candidates"]) == 3 and (out / done[0] / "model.safetensors.index.json").stat().st_mtime_ns == first
+    assert len(summary["candidates"]) == 3
+    assert (out / done[0] / "model.safetensors.index.json").stat().st_mtime_ns == first  # kept, not rewritten
 
 
 # ------------------------------------------------------------------------------------------- (h) busy run dir
@@ -265,9 +265,6 @@ def test_diverging_irt_fit_names_the_full_key_and_the_run_continues_after_the_fi
     monkeypatch.setattr(C, "fit_irt", diverges)
     evaluated = []
 
-    class Counting(SyntheticFitness):
-        pass
-
     from merge3.search import prepare as P
 
     real_calibrate = P.calibrate
@@ -280,7 +277,7 @@ def test_diverging_irt_fit_names_the_full_key_and_the_run_continues_after_the_fi
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ValueError) as e:
-        R.run(cfg_path, run_dir=tmp_path / "run", progress=False, evaluate=Counting(cfg["tasks"]))
+        R.run(cfg_path, run_dir=tmp_path / "run", progress=False, evaluate=SyntheticFitness(cfg["tasks"]))
     msg = str(e.value)
     assert "'fitness.calibration_settings.irt.lr'" in msg and "diverged" in msg and "lower it" in msg
     assert "stable" not in msg
@@ -288,7 +285,7 @@ def test_diverging_irt_fit_names_the_full_key_and_the_run_continues_after_the_fi
     assert n_evaluated == 3  # base and 2 endpoints
     cfg["fitness"]["calibration_settings"]["irt"]["lr"] = 0.1  # the fix, in the user's own config file
     cfg_path.write_text(yaml.safe_dump(cfg))
-    res = R.run(cfg_path, run_dir=tmp_path / "run", progress=False, evaluate=Counting(cfg["tasks"]))
+    res = R.run(cfg_path, run_dir=tmp_path / "run", progress=False, evaluate=SyntheticFitness(cfg["tasks"]))
     assert res.done
     assert sum("evaluated" in m for m in evaluated) == n_evaluated  # the population was not evaluated again
 

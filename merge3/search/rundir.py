@@ -13,10 +13,11 @@
 
 Every file but the logs is replaced atomically (written to a temporary sibling, fsynced, renamed), so a crash
 never leaves one half-written; the logs are appended a fsynced line at a time, and a line cut by a crash is
-removed on the next resume (with a message). Any other damaged line is an error naming the file and line. ``status`` and ``export`` read a run directory without taking its lock.
+removed on the next resume (with a message). Any other damaged line is an error naming the file and line.
+``status`` and ``export`` read a run directory without taking its lock.
 
-A run directory holds data only (YAML read with ``safe_load`` and no aliases, JSON, safetensors in the calibration): resuming,
-exporting or showing one executes nothing from it. A ``checkpoint.pkl`` left by an older merge3 is ignored.
+A run directory holds data only (YAML read with ``safe_load`` and no aliases, JSON, safetensors in the
+calibration): resuming, exporting or showing one executes nothing from it. A ``checkpoint.pkl`` left by an older merge3 is ignored.
 """
 
 from __future__ import annotations

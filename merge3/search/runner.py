@@ -257,7 +257,8 @@ class Search:
 
         def job(p):
             b, i, x = p
-            return CandidateJob(generation=b, index=i, x=tuple(float(v) for v in x), seed=candidate_seed(cfg.seed, b, i))
+            return CandidateJob(generation=b, index=i, x=tuple(float(v) for v in x),
+                                seed=candidate_seed(cfg.seed, b, i))
 
         def more():
             return [job(p) for p in state.next_batch()]

@@ -147,7 +147,8 @@ def verify_world(world: World) -> None:
         try:
             st = p.stat()
         except OSError:
-            raise FileNotFoundError(f"{p}: missing from the world at {root}; delete {root} and build it again") from None
+            raise FileNotFoundError(f"{p}: missing from the world at {root}; delete {root} and build it "
+                                    "again") from None
         sig = [st.st_size, st.st_mtime_ns, sha]
         if stamps.get(rel) != sig:
             if _sha256(p) != sha:
