@@ -43,7 +43,7 @@ import numpy as np
 from .evaluation.store import ResponseStore
 from .irt.anchors import METHODS as ANCHOR_METHODS, select_anchors
 from .irt.calibration import DEFAULT_ESTIMATOR_SETTINGS, Calibration
-from .irt.fit import fit_ability, fit_irt, refine_map, response_matrix
+from .irt.fit import IrtDiverged, fit_ability, fit_irt, refine_map, response_matrix
 from .irt.params import ItemParams
 from .scoring import CandidateJob, CandidateScorer, ModelJob, ScorerSpec
 from .yamlfile import read_yaml_mapping
@@ -233,11 +233,16 @@ def population_jobs(cfg: CalibrationConfig, pop: Population, store: ResponseStor
             jobs.append((name, ModelJob(index=k, name=name, path=str(path)),
                          {"kind": "base" if name == "base" else "endpoint", "path": str(path)}))
     missing = [j for j in range(cfg.n_random_merges) if f"merge-{j:03d}" not in store]
-    if missing:
-        if not pop.base:
-            raise ValueError("calibration config: random merges need `base` (or `world`)")
+    if missing and not pop.base:
+        raise ValueError("calibration config: random merges need `base` (or `world`)")
+    if cfg.n_random_merges and pop.base:
         _, xs = random_merge_genomes(cfg.genome, len(pop.endpoints), n_layers_of(pop.base), cfg.n_random_merges,
                                      cfg.seed)
+        for j in range(cfg.n_random_merges):
+            got = store.meta(f"merge-{j:03d}").get("x") if f"merge-{j:03d}" in store else None
+            if got is not None and (len(got) != len(xs[j]) or not np.allclose(got, xs[j], rtol=0, atol=1e-12)):
+                raise ValueError(f"{store.path}: merge-{j:03d} was evaluated for another genome or seed (the "
+                                 f"calibration settings changed); remove {store.path.parent} to calibrate afresh")
         for j in missing:
             job = CandidateJob(generation=-1, index=len(wanted) + j, x=tuple(float(v) for v in xs[j]),
                                seed=cfg.seed * 100003 + j, full_responses=True)
@@ -286,8 +291,12 @@ def evaluate_population(cfg: CalibrationConfig, store: ResponseStore, pool_facto
     return cost
 
 
-def calibrate(config: CalibrationConfig | dict, out_dir: str | Path, pool_factory=None, log=None) -> Path:
+def calibrate(config: CalibrationConfig | dict, out_dir: str | Path, pool_factory=None, log=None,
+              irt_key: str = "irt", what: str = "calibration config") -> Path:
     """Runs a calibration (see module doc) into ``out_dir`` (must not exist, or be empty) and returns it.
+
+    ``irt_key`` and ``what`` name the IRT settings in errors (a search's auto calibration:
+    ``fitness.calibration_settings.irt`` of its config).
 
     ``pool_factory(spec) -> pool`` evaluates the population elsewhere (e.g. on Ray workers); default: here.
     """
@@ -317,7 +326,12 @@ def calibrate(config: CalibrationConfig | dict, out_dir: str | Path, pool_factor
     cost = {k: prior.get(k, 0) + v for k, v in cost.items()}
     cost_path.write_text(json.dumps(cost))
 
-    params, abilities, split = fit_population(cfg, pop, store, log)
+    try:
+        params, abilities, split = fit_population(cfg, pop, store, log)
+    except IrtDiverged as exc:
+        lr = float(cfg.irt["lr"])
+        raise ValueError(f"{what} key '{irt_key}.lr': {exc}; lower it (e.g. to {lr / 2:g}) and run again (the "
+                         f"population's answers in {partial} are kept)") from None
     cost.update(split.pop("cost"))
     meta = {"version": 1, "tasks": pop.tasks, "n_items": {t: len(params.rows(t)) for t in pop.tasks},
             "base": "base" if pop.base else None, "endpoints": list(pop.endpoints),

@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         quiet_third_party()
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as exc:
-        # User errors: one clear line, no traceback.
+    except (ValueError, OSError) as exc:
+        # User errors, unreachable clusters, full or read-only disks: one clear line naming the key or file.
         print(f"merge3: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what was logged stays; the search said how to resume

@@ -151,6 +151,13 @@ class CandidateScorer:
             self._lm = self.suite.wrap_model(self.materializer.model, self.materializer.tokenizer)
         return self._lm
 
+    def warm_up(self) -> None:
+        """Loads what the first job would (lm-eval tasks; with a genome, the resident endpoints and the live
+        model), so that a job's time is the job's own."""
+        self.suite
+        if self.genome is not None:
+            self.lm
+
     # ---------------------------------------------------------------- building blocks (benchmarks use these)
 
     def recipe(self, x, seed: int):

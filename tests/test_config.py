@@ -29,7 +29,8 @@ def test_schema_documents_every_key():
     keys = {k for k, _, _ in rows}
     for k in ("name", "seed", "world", "base", "models", "tasks", "objectives.mode", "merge.method",
               "merge.parameters", "fitness.type", "fitness.estimator", "fitness.calibration", "fitness.anchors.n",
-              "algorithm.name", "algorithm.pop_size", "algorithm.generations", "penalty", "workers.max_retries"):
+              "algorithm.name", "algorithm.pop_size", "algorithm.generations", "algorithm.dispatch", "penalty",
+              "workers.max_retries"):
         assert k in keys
     assert all(desc for _, desc, _ in rows)
 
@@ -50,6 +51,9 @@ def test_schema_documents_every_key():
     ({"objectives": {"mode": "weighted_sum", "weights": {"tw_facts_en": 1.0}}}, ["objectives"]),
     ({"evaluation": {"batchsize": 4}}, ["evaluation"]),
     ({"workers": {"device": "tpu"}}, ["workers.device"]),
+    ({"algorithm": {"name": "nsga2", "dispatch": "eager"}}, ["algorithm.dispatch", "generational, async"]),
+    ({"objectives": {"mode": "weighted_sum"}, "algorithm": {"name": "de", "dispatch": "async"}},
+     ["algorithm.dispatch", "de is generational only"]),
 ])
 def test_normalize_rejects(patch, words):
     cfg = yaml.safe_load((ROOT / "experiments" / "micro.yaml").read_text())

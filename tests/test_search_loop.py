@@ -87,6 +87,7 @@ def test_second_process_is_locked_out(micro_world, tmp_path):
             R.Search.open(tmp_path / "run", progress=False)
     finally:
         s.lock.release()
+    R.resume(tmp_path / "run", progress=False, evaluate=SyntheticFitness(cfg["tasks"]))
     with pytest.raises(FileExistsError, match="merge3 resume"):
         R.run(cfg, run_dir=tmp_path / "run", progress=False, evaluate=SyntheticFitness(cfg["tasks"]))
 

@@ -88,6 +88,10 @@ def responses_to_rows(params: ItemParams, responses: dict[str, dict[str, int]]):
     return np.concatenate(rows), np.concatenate(ys)
 
 
+class IrtDiverged(ValueError):
+    """py-irt's fit produced NaN parameters (its learning rate is too large for these data)."""
+
+
 def fit_irt(data, model_type: str = "multidim_2pl", dim: int = 3, epochs: int = 2000, lr: float = 0.1,
             seed: int = 0, priors: str = "hierarchical", models: list[str] | None = None,
             tasks: list[str] | None = None, device: str = "cpu"):
@@ -127,8 +131,7 @@ def fit_irt(data, model_type: str = "multidim_2pl", dim: int = 3, epochs: int = 
                 trainer.train(device=device)
             except ValueError as exc:
                 if "invalid values" in str(exc) or "nan" in str(exc).lower():
-                    raise ValueError(f"py-irt diverged (NaN parameters) with lr {lr}; lower irt.lr (0.1 is stable "
-                                     "here)") from None
+                    raise IrtDiverged(f"the IRT fit diverged (NaN parameters) with lr {lr:g}") from None
                 raise
     for line in chatter.getvalue().splitlines():
         if line.strip():

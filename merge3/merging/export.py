@@ -6,6 +6,7 @@ leaves a half-written model where a later step would take it for a finished one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..files import usual_mode, write_error
 from .checkpoint import Checkpoint
 from .checks import assert_finite, check_compatible
 from .kernels import merge_tensor
@@ -59,7 +61,15 @@ class ShardWriter:
 
     def _flush(self) -> None:
         i = len(self._shards)
-        save_file(self._cur, str(self.out_dir / f"shard-{i}.tmp"), metadata={"format": "pt"})
+        path = self.out_dir / f"shard-{i}.tmp"
+        try:
+            save_file(self._cur, str(path), metadata={"format": "pt"})
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors reports a full disk as its own error type
+            raise OSError(errno.EIO, str(exc).strip().splitlines()[0][:300] if str(exc).strip() else
+                          type(exc).__name__) from None
+        usual_mode(path)  # safetensors creates files 0600
         self._shards.append(list(self._cur))
         self._cur, self._cur_bytes = {}, 0
 
@@ -122,18 +132,40 @@ class _Staging:
         self.tmp = parent / f".{self.out.name}.tmp-{os.getpid()}"
 
     def __enter__(self) -> Path:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
+        for old in self.tmp.parent.glob(f".{self.out.name}.tmp-*"):  # left by a killed writer of the same folder
+            pid = old.name.rsplit("-", 1)[-1]
+            if old == self.tmp or not (pid.isdigit() and _alive(int(pid))):
+                shutil.rmtree(old, ignore_errors=True)
+        try:
+            self.tmp.mkdir(parents=True)
+        except OSError as exc:
+            raise write_error(self.out, exc) from None
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            if self.out.exists():
-                self.out.rmdir()  # an empty folder given as the output
-            os.replace(self.tmp, self.out)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            try:
+                if self.out.exists():
+                    self.out.rmdir()  # an empty folder given as the output
+                os.replace(self.tmp, self.out)
+            except OSError as exc:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                raise write_error(self.out, exc) from None
+            return False
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):  # disk full, read-only, ...
+            raise write_error(self.out, exc) from None
         return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def merge_to_dir(recipe: MergeRecipe, out_dir: str | Path, device: str | None = None, shard_size="2GB",
@@ -176,8 +208,9 @@ def merge_recipe_file(recipe_path: str | Path, out_dir: str | Path, device: str 
 
 
 def export_merged(materializer: Materializer, recipe: MergeRecipe, out_dir: str | Path, extra_card_text: str = "",
-                  shard_size="2GB") -> Path:
-    """Applies a candidate's recipe on the live model and writes it (the search's export step)."""
+                  shard_size="2GB", extra_files: dict[str, str] | None = None) -> Path:
+    """Applies a candidate's recipe on the live model and writes it (the search's export step); ``extra_files``
+    ({name: text}) are written into the folder before it is renamed into place."""
     materializer.apply(recipe)
     out_dtype = resolve_dtype(recipe.dtype)
     stage = _Staging(out_dir)
@@ -188,6 +221,8 @@ def export_merged(materializer: Materializer, recipe: MergeRecipe, out_dir: str 
             writer.add(name, t.to(out_dtype) if t.is_floating_point() else t)
         writer.finish()
         _write_metadata(tmp, Path(materializer.base_path), recipe, extra_card_text)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
     return stage.out
 
 

@@ -11,6 +11,7 @@ class AlgorithmSpec:
     name: str
     multi_objective: bool           # True: several objectives (a Pareto front); False: exactly one
     build: Callable                 # build(pop_size, n_obj, options) -> pymoo algorithm
+    steady_state: bool = False      # tell() takes any batch (survival over population + results): async dispatch
 
 
 def _ga(pop, n_obj, opts):
@@ -53,14 +54,15 @@ def _nsga3(pop, n_obj, opts):
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {a.name: a for a in [
-    AlgorithmSpec("ga", False, _ga),
-    AlgorithmSpec("de", False, _de),
-    AlgorithmSpec("cmaes", False, _cmaes),
-    AlgorithmSpec("nsga2", True, _nsga2),
-    AlgorithmSpec("nsga3", True, _nsga3),
+    AlgorithmSpec("ga", False, _ga, steady_state=True),
+    AlgorithmSpec("de", False, _de),        # tell() replaces pop[i] by result i: whole generations only
+    AlgorithmSpec("cmaes", False, _cmaes),  # tell() needs exactly the asked sample
+    AlgorithmSpec("nsga2", True, _nsga2, steady_state=True),
+    AlgorithmSpec("nsga3", True, _nsga3, steady_state=True),
 ]}
 SINGLE_OBJECTIVE = tuple(n for n, a in ALGORITHMS.items() if not a.multi_objective)
 MULTI_OBJECTIVE = tuple(n for n, a in ALGORITHMS.items() if a.multi_objective)
+STEADY_STATE = tuple(n for n, a in ALGORITHMS.items() if a.steady_state)
 
 
 def make_algorithm(name: str, pop_size: int, n_obj: int, options: dict):

@@ -24,9 +24,10 @@ from ..irt.anchors import METHODS as ANCHOR_METHODS
 from ..irt.estimators import ESTIMATORS
 from ..scoring import FITNESS_TYPES
 from ..yamlfile import read_yaml_mapping
-from .algorithms import ALGORITHMS, MULTI_OBJECTIVE, SINGLE_OBJECTIVE
+from .algorithms import ALGORITHMS, MULTI_OBJECTIVE, SINGLE_OBJECTIVE, STEADY_STATE
 
 REQUIRED = object()  # the default of a key that has none
+DISPATCH_MODES = ("generational", "async")
 
 
 def key(doc: str, default=REQUIRED):
@@ -92,6 +93,10 @@ class Algorithm:
     pop_size: int = key("candidates per generation", 8)
     generations: int = key("number of generations (budget = pop_size x generations evaluations)", 4)
     options: dict = key("extra keyword arguments for the pymoo algorithm (e.g. CR for de, sigma for cmaes)", {})
+    dispatch: str = key("generational: each generation is asked, scored by all workers, then told (workers wait "
+                        "for its slowest candidate); async: steady state, a free worker gets the next proposal at "
+                        "once and results are told as they return, in batches of what has come back (ga, nsga2, "
+                        "nsga3 only); the budget stays pop_size x generations", "generational")
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,8 @@ class SearchConfig:
         the verification after the search: it changes no evaluation the search makes)."""
         keep = {k: v for k, v in self.to_dict().items() if k not in ("name", "workers")}
         keep["fitness"] = {k: v for k, v in keep["fitness"].items() if k != "verify_top_k"}
+        if keep["algorithm"]["dispatch"] == "generational":  # the default: digests from before the key stay valid
+            keep["algorithm"] = {k: v for k, v in keep["algorithm"].items() if k != "dispatch"}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -383,6 +390,10 @@ def _check_algorithm(alg: dict, n_obj: int) -> None:
         raise ValueError("config key 'algorithm.pop_size': de needs at least 4")
     if not isinstance(alg["options"], dict):
         raise ValueError("config key 'algorithm.options': expected a mapping")
+    _one_of(alg["dispatch"], DISPATCH_MODES, "algorithm.dispatch")
+    if alg["dispatch"] == "async" and alg["name"] not in STEADY_STATE:
+        raise ValueError(f"config key 'algorithm.dispatch': async needs an algorithm that takes results in batches "
+                         f"of any size ({', '.join(STEADY_STATE)}); {alg['name']} is generational only")
 
 
 def _check_workers(w: dict) -> None:

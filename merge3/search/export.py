@@ -41,11 +41,29 @@ def thin(front: list[dict], k: int) -> list[dict]:
     return [order[i] for i in picks]
 
 
+EXPORTED = "merge3_candidate.json"  # in each exported folder: what was exported, and its scores
+
+
+def _exported(folder: Path, rec: dict) -> dict:
+    """The summary row of a candidate exported by an earlier (stopped) export into the same OUT_DIR. A folder
+    appears only when complete (written to a temporary sibling, then renamed)."""
+    try:
+        row = json.loads((folder / EXPORTED).read_text())
+    except (OSError, ValueError):
+        raise FileExistsError(f"{folder} exists and was not written by merge3 export; choose another OUT_DIR or "
+                              "remove it") from None
+    if row.get("genome") != rec["genome"] or row.get("seed") != rec["seed"]:
+        raise FileExistsError(f"{folder} holds another model than candidate {rec['candidate']} of this run; choose "
+                              "another OUT_DIR or remove it")
+    return row
+
+
 def export_run(run_dir, out_dir, front: bool = False, top: int | None = None, evaluate: bool = True,
                progress: bool = True, max_candidates: int | None = None) -> dict:
     from ..evaluation.lmeval import accuracy
     from ..merging.export import export_merged
     from ..scoring import CandidateScorer, ScorerSpec
+    from ..files import atomic_write, write_error
     from .rundir import RunDir
 
     rd, out = Path(run_dir), Path(out_dir)
@@ -54,10 +72,13 @@ def export_run(run_dir, out_dir, front: bool = False, top: int | None = None, ev
     chosen = thin(choose(records, cfg, front, top, verified), max_candidates)
     if not chosen:
         raise ValueError(f"{rd}: no successfully evaluated candidate to export yet")
-    clash = [c["candidate"] for c in chosen if (out / c["candidate"]).exists()]
-    if clash:
-        raise FileExistsError(f"{out}/{clash[0]} exists; choose another OUT_DIR or remove it")
-    out.mkdir(parents=True, exist_ok=True)
+    done = {c["candidate"]: _exported(out / c["candidate"], c) for c in chosen if (out / c["candidate"]).exists()}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc) from None
+    if done and progress:
+        print(f"{out}: {len(done)} of {len(chosen)} candidate(s) already exported there; continuing", flush=True)
 
     w = cfg.workers
     scorer = CandidateScorer(ScorerSpec(
@@ -68,6 +89,9 @@ def export_run(run_dir, out_dir, front: bool = False, top: int | None = None, ev
     used = sum((meta.get("anchor_counts") or {}).values()) or "all"
     rows = []
     for k, rec in enumerate(chosen):
+        if rec["candidate"] in done:
+            rows.append(done[rec["candidate"]])
+            continue
         t0 = time.time()
         recipe = scorer.recipe(rec["genome"], rec["seed"])
         if evaluate:
@@ -85,17 +109,18 @@ def export_run(run_dir, out_dir, front: bool = False, top: int | None = None, ev
             f = f"{full[t]:.4f}" if full else "not evaluated"
             lines.append(f"| {t} | {est.get(t, float('nan')):.4f} | {f} |")
         lines += ["", f"Genome: `{[round(v, 6) for v in rec['genome']]}`, merge seed {rec['seed']}."]
-        path = export_merged(scorer.materializer, recipe, out / rec["candidate"],
-                             extra_card_text="\n".join(lines) + "\n")
-        rows.append({"candidate": rec["candidate"], "path": str(path), "genome": rec["genome"], "seed": rec["seed"],
-                     "estimated": est, "full": full, "seconds": time.time() - t0})
+        row = {"candidate": rec["candidate"], "path": str(out / rec["candidate"]), "genome": rec["genome"],
+               "seed": rec["seed"], "estimated": est, "full": full, "seconds": time.time() - t0}
+        export_merged(scorer.materializer, recipe, out / rec["candidate"], extra_card_text="\n".join(lines) + "\n",
+                      extra_files={EXPORTED: json.dumps(row, indent=1, sort_keys=True)})
+        rows.append(row)
         if progress:
             fs = ", ".join(f"{t} est {est[t]:.3f}" + (f" / full {full[t]:.3f}" if full else "") for t in cfg.tasks)
             print(f"exported {rec['candidate']} ({k + 1}/{len(chosen)}): {fs}", flush=True)
     summary = {"run_dir": str(rd), "tasks": list(cfg.tasks), "candidates": rows,
                "full_items_per_model": sum(scorer.suite.n_items().values()) if evaluate else None}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
-    (out / "summary.md").write_text(summary_table(rows, cfg.tasks))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
+    atomic_write(out / "summary.md", summary_table(rows, cfg.tasks))
     print(summary_table(rows, cfg.tasks))
     return summary
 

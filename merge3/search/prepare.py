@@ -43,7 +43,8 @@ def ensure_calibration(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> str 
     w = cfg.workers
     workers = None if pool_factory is None else (lambda spec: pool_factory(dataclasses.replace(
         spec, **w.materializer_options())))
-    calibrate(auto_calibration_config(cfg), out, pool_factory=workers, log=say)
+    calibrate(auto_calibration_config(cfg), out, pool_factory=workers, log=say,
+              irt_key="fitness.calibration_settings.irt", what="config")
     return str(out)
 
 

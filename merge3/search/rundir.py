@@ -13,10 +13,11 @@
 
 Every file but the logs is replaced atomically (written to a temporary sibling, fsynced, renamed), so a crash
 never leaves one half-written; the logs are appended a fsynced line at a time, and a line cut by a crash is
-dropped on the next resume. ``status`` and ``export`` read a run directory without taking its lock.
+removed on the next resume (with a message). Any other damaged line is an error naming the file and line.
+``status`` and ``export`` read a run directory without taking its lock.
 
-A run directory holds data only (YAML read with ``safe_load``, JSON, safetensors in the calibration): resuming,
-exporting or showing one executes nothing from it. A ``checkpoint.pkl`` left by an older merge3 is ignored.
+A run directory holds data only (YAML read with ``safe_load`` and no aliases, JSON, safetensors in the
+calibration): resuming, exporting or showing one executes nothing from it. A ``checkpoint.pkl`` left by an older merge3 is ignored.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
 from pathlib import Path
 
+from ..files import atomic_write, write_error
+from ..yamlfile import load_yaml_text
 from .config import SearchConfig
 
 CONFIG = "config.yaml"
@@ -36,24 +40,6 @@ VERIFIED = "verified.jsonl"
 PROGRESS = "progress.json"
 RESULT = "result.json"
 CALIBRATION = "calibration"
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename durable too
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # some filesystems cannot fsync a directory
-        pass
 
 
 def write_json(path: Path, obj) -> None:
@@ -108,36 +94,56 @@ class RunLock:
         self.release()
 
 
+class DamagedLog(ValueError):
+    """A line of a run directory's log is not a record (named: file and line)."""
+
+
 class EvalLog:
     """Append-only JSONL of evaluations; each line is flushed and fsynced before the search goes on."""
+
+    required = ("generation", "index")
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
     def read(self, repair: bool = False) -> list[dict]:
+        """The records in line order. A last line without its newline is an append cut by a crash: with
+        ``repair`` it is cut off (and said so on stderr), else ignored. Any other damaged line is an error naming
+        the file and line: it is never dropped silently (a candidate would be missing from the results)."""
         if not self.path.exists():
             return []
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1
-        if end < len(data) and repair:  # a line cut by a crash mid-write: drop it
+        if end < len(data) and repair:
             with open(self.path, "r+b") as f:
                 f.truncate(end)
                 os.fsync(f.fileno())
+            print(f"merge3: {self.path}: removed an incomplete last line (a write cut by a crash); its candidate "
+                  "is scored again", file=sys.stderr, flush=True)
         out = []
-        for line in data[:end].splitlines():
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
+        for n, line in enumerate(data[:end].split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise DamagedLog(f"{self.path}, line {n}: damaged record ({getattr(exc, 'msg', exc)}); restore the "
+                                 "file, or delete that line to have its candidate scored again") from None
+            if not isinstance(rec, dict) or not all(k in rec for k in self.required):
+                raise DamagedLog(f"{self.path}, line {n}: not a record (needs {', '.join(self.required)}); "
+                                 "restore the file, or delete that line to have its candidate scored again")
+            out.append(rec)
         return out
 
     def append(self, rec: dict) -> None:
         line = json.dumps(rec, sort_keys=True) + "\n"
-        with open(self.path, "ab") as f:
-            f.write(line.encode())
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "ab") as f:
+                f.write(line.encode())
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:  # a line cut here is removed by the next resume (see read)
+            raise write_error(self.path, exc) from None
 
 
 class RunDir:
@@ -163,17 +169,19 @@ class RunDir:
     def write_config(self, cfg: SearchConfig) -> None:
         import yaml
 
-        atomic_write(self.path / CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        class Plain(yaml.SafeDumper):  # values written out: config.yaml is read back without aliases
+            def ignore_aliases(self, data):
+                return True
+
+        atomic_write(self.path / CONFIG, yaml.dump(cfg.to_dict(), Dumper=Plain, sort_keys=False))
 
     def read_config(self) -> SearchConfig:
-        import yaml
-
         self.require()
         path = self.path / CONFIG
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = load_yaml_text(path.read_text(), str(path))
             return SearchConfig.from_dict(raw)
-        except (yaml.YAMLError, ValueError) as exc:
+        except (ValueError, TypeError) as exc:
             raise ValueError(f"{path}: not a valid merge3 run config ({str(exc).splitlines()[0]})") from None
 
     def read_meta(self) -> dict:
@@ -199,6 +207,11 @@ class RunDir:
 
     def write_result(self, result: dict) -> None:
         write_json(self.path / RESULT, result)
+
+    def setup_unfinished(self) -> bool:
+        """Created, but its set-up (auto calibration, anchors, meta.json) never finished and nothing was evaluated:
+        a new ``search`` may take it over with a corrected config."""
+        return self.exists() and not (self.path / META).exists() and not (self.path / LOG).exists()
 
     def is_done(self) -> bool:
         return (self.path / RESULT).exists()

@@ -28,7 +28,7 @@ from .front import front_entry, objective_vector, pareto_front, to_verify, verif
 from .prepare import prepare
 from .resources import load_config
 from .rundir import RunDir, RunDirectoryLocked, RunLock  # noqa: F401  (RunDirectoryLocked: part of the API)
-from .workers import InlinePool, open_ray_pool
+from .workers import InlinePool, check_address, open_ray_pool
 
 
 def _say(msg: str) -> None:
@@ -73,16 +73,23 @@ class Search:
         """Validates fully (raises before the run directory is touched), then creates the run directory."""
         cfg = load_config(config, name=config_name, base_dir=base_dir)
         rd = RunDir(run_dir if run_dir is not None else Path("runs") / cfg.name)
+        if kw.get("address") and kw.get("evaluate") is None and kw.get("pool_factory") is None:
+            check_address(kw["address"])  # before the run directory exists: a wrong address leaves nothing behind
         if rd.exists():
-            raise FileExistsError(f"run directory {rd.path} already holds a search; continue it with "
-                                  f"`merge3 resume {rd.path}` or choose another --run-dir")
+            with RunLock(rd.path):  # busy: the error names the process holding it
+                if not rd.setup_unfinished():
+                    raise FileExistsError(f"run directory {rd.path} already holds a search; continue it with "
+                                          f"`merge3 resume {rd.path}` or choose another --run-dir")
+            (rd / "anchors.json").unlink(missing_ok=True)  # chosen for the old config
+            _say(f"{rd.path}: its set-up never finished (no meta.json, no evaluation); starting it again with "
+                 "this config (evaluations of an auto calibration already made are kept)")
         if rd.path.exists() and not rd.path.is_dir():
             raise FileExistsError(f"run directory {rd.path} exists and is not a directory")
         rd.path.mkdir(parents=True, exist_ok=True)
         self = cls(cfg, rd.path, **kw)
         self.lock.acquire()
         try:
-            if rd.exists():  # lost a race with another process
+            if rd.exists() and not rd.setup_unfinished():  # lost a race with another process
                 raise FileExistsError(f"run directory {rd.path} already holds a search")
             rd.write_config(cfg)
         except BaseException:
@@ -141,62 +148,17 @@ class Search:
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())}
 
     def _loop(self, spec, t_start: float) -> SearchResult:
-        from pymoo.core.evaluator import Evaluator
-        from pymoo.problems.static import StaticProblem
-
-        from ..progress import progress as _progress
-
         cfg = self.cfg
-        G, n_obj = cfg.algorithm.generations, cfg.n_objectives
+        n_obj = cfg.n_objectives
         problem = make_problem(int(self.meta["genome_dim"]), n_obj)
-        logged = {(r["generation"], r["index"]): r for r in self.rd.records(repair=True)}
         a = cfg.algorithm
-        algorithm, gen, done = start_algorithm(a.name, a.pop_size, n_obj, a.options, problem, cfg.seed), 0, False
-        if self.show and self.rd.is_done():
-            _say(f"the search in {self.run_dir} has already finished ({len(logged)} evaluations)")
-        elif logged and self.show:
-            _say(f"resuming: replaying {len(logged)} logged evaluation(s), then generation "
-                 f"{1 + max(g for g, _ in logged)}/{G} onwards")
+        algorithm = start_algorithm(a.name, a.pop_size, n_obj, a.options, problem, cfg.seed)
         pool = None
         try:
-            while gen < G and not done:
-                pop = algorithm.ask()
-                if pop is None or len(pop) == 0:
-                    done = True
-                    break
-                X = np.clip(pop.get("X").astype(float), 0.0, 1.0)
-                F = np.full((len(X), n_obj), np.nan)
-                jobs = []
-                for i, x in enumerate(X):
-                    rec = logged.get((gen, i))
-                    if rec is not None and np.array_equal(np.array(rec["genome"], dtype=float), x):
-                        F[i] = rec["F"]
-                        continue
-                    jobs.append(CandidateJob(generation=gen, index=i, x=tuple(float(v) for v in x),
-                                             seed=candidate_seed(cfg.seed, gen, i)))
-                replayed = not jobs
-                bar = _progress(len(X), f"generation {gen + 1}/{G}", self.show and not replayed, unit="candidates")
-                if len(X) > len(jobs):
-                    bar.update(len(X) - len(jobs))
-                if jobs:
-                    pool = pool or self._open_pool(spec)
-                    for res in pool.run(jobs):
-                        rec = self._record(gen, res.index, X[res.index], res)
-                        self.rd.log.append(rec)
-                        logged[(gen, res.index)] = rec
-                        F[res.index] = rec["F"]
-                        bar.update(1)
-                        if rec["status"] != "ok":
-                            _say(f"candidate {rec['candidate']} {rec['status']}: {rec['error']} "
-                                 f"(penalty {cfg.penalty})")
-                bar.close()
-                Evaluator().eval(StaticProblem(problem, F=F), pop)
-                algorithm.tell(infills=pop)
-                gen += 1
-                done = gen >= G or algorithm.termination.has_terminated()
-                self._write_progress(gen, done, logged)
-                if self.show and not replayed:
-                    _say(self._summary_line(gen, logged))
+            if a.dispatch == "async":
+                gen, done, logged, pool = self._run_async(spec, algorithm, problem)
+            else:
+                gen, done, logged, pool = self._run_generations(spec, algorithm, problem)
             if done:
                 pool = self._verify(spec, list(logged.values()), pool)
         finally:
@@ -215,6 +177,109 @@ class Search:
                             full_items_per_candidate=sum(self.meta["n_items"].values()),
                             wall_seconds=time.time() - t_start, generations=gen, done=done, verified=ranking,
                             verification_items=sum(v["items_evaluated"] for v in verified.values()))
+
+    def _say_resuming(self, n_logged: int, where: str) -> None:
+        if self.show and self.rd.is_done():
+            _say(f"the search in {self.run_dir} has already finished ({n_logged} evaluations)")
+        elif n_logged and self.show:
+            _say(f"resuming: replaying {n_logged} logged evaluation(s), then {where}")
+
+    def _log_result(self, gen: int, x, res: Score, bar, **extra) -> dict:
+        rec = {**self._record(gen, res.index, x, res), **extra}
+        self.rd.log.append(rec)
+        bar.update(1)
+        if rec["status"] != "ok":
+            _say(f"candidate {rec['candidate']} {rec['status']}: {rec['error']} (penalty {self.cfg.penalty})")
+        return rec
+
+    def _run_generations(self, spec, algorithm, problem):
+        """Generational dispatch: ask a generation, score it on every worker, tell it whole."""
+        from pymoo.core.evaluator import Evaluator
+        from pymoo.problems.static import StaticProblem
+
+        from ..progress import progress as _progress
+
+        cfg = self.cfg
+        G, n_obj = cfg.algorithm.generations, cfg.n_objectives
+        logged = {(r["generation"], r["index"]): r for r in self.rd.records(repair=True)}
+        if logged:
+            self._say_resuming(len(logged), f"generation {1 + max(g for g, _ in logged)}/{G} onwards")
+        gen, done, pool = 0, False, None
+        while gen < G and not done:
+            pop = algorithm.ask()
+            if pop is None or len(pop) == 0:
+                done = True
+                break
+            X = np.clip(pop.get("X").astype(float), 0.0, 1.0)
+            F = np.full((len(X), n_obj), np.nan)
+            jobs = []
+            for i, x in enumerate(X):
+                rec = logged.get((gen, i))
+                if rec is not None and np.array_equal(np.array(rec["genome"], dtype=float), x):
+                    F[i] = rec["F"]
+                    continue
+                jobs.append(CandidateJob(generation=gen, index=i, x=tuple(float(v) for v in x),
+                                         seed=candidate_seed(cfg.seed, gen, i)))
+            replayed = not jobs
+            bar = _progress(len(X), f"generation {gen + 1}/{G}", self.show and not replayed, unit="candidates")
+            if len(X) > len(jobs):
+                bar.update(len(X) - len(jobs))
+            if jobs:
+                pool = pool or self._open_pool(spec)
+                for res in pool.run(jobs):
+                    rec = self._log_result(gen, X[res.index], res, bar)
+                    logged[(gen, res.index)] = rec
+                    F[res.index] = rec["F"]
+            bar.close()
+            Evaluator().eval(StaticProblem(problem, F=F), pop)
+            algorithm.tell(infills=pop)
+            gen += 1
+            done = gen >= G or algorithm.termination.has_terminated()
+            self._write_progress(gen, done, logged)
+            if self.show and not replayed:
+                _say(self._summary_line(gen, logged))
+        return gen, done, logged, pool
+
+    def _run_async(self, spec, algorithm, problem):
+        """Asynchronous dispatch (:mod:`merge3.search.steady`): a free worker gets the next proposal at once;
+        results are told in the order they come back. Returns (batches asked, done, logged, pool)."""
+        from ..progress import progress as _progress
+        from .steady import SteadyState
+
+        cfg = self.cfg
+        in_order = self.rd.log.read(repair=True)
+        logged: dict = {}
+        for r in in_order:
+            logged.setdefault((r["generation"], r["index"]), r)
+        state = SteadyState(algorithm, problem, cfg.budget, log_name=str(self.rd.log.path))
+        self._say_resuming(len(logged), f"{cfg.budget - len(logged)} more")
+        pending = state.replay(list(logged.values()))
+
+        def job(p):
+            b, i, x = p
+            return CandidateJob(generation=b, index=i, x=tuple(float(v) for v in x),
+                                seed=candidate_seed(cfg.seed, b, i))
+
+        def more():
+            return [job(p) for p in state.next_batch()]
+
+        pool, jobs = None, [job(p) for p in pending]
+        if jobs or not state.finished:
+            bar = _progress(cfg.budget, "candidates", self.show, unit="candidates")
+            bar.update(len(logged))
+            pool = self._open_pool(spec)
+            for res in pool.run(jobs, more=more):
+                x = state.proposed[(res.generation, res.index)]
+                rec = state.came_back(self._log_result(res.generation, x, res, bar, told=state.tells))
+                logged[(res.generation, res.index)] = rec
+                if len(logged) % cfg.algorithm.pop_size == 0 or len(logged) == cfg.budget:
+                    self._write_progress(state.tells, False, logged)
+                    if self.show:
+                        _say(self._summary_line(state.tells, logged, async_=True))
+            bar.close()
+        done = state.finished and all((b, i) in logged for b, i in state.proposed)
+        self._write_progress(state.tells, done, logged)
+        return state.batch + 1, done, logged, pool
 
     def _verify(self, spec, records: list[dict], pool):
         """Scores the best candidates by estimate on every item (``fitness.verify_top_k``), once each; returns
@@ -243,13 +308,14 @@ class Search:
                     f"{t} estimated {rec['objectives'][t]:.3f}, every item {res.raw[t]:.3f}" for t in self.cfg.tasks))
         return pool
 
-    def _summary_line(self, gen: int, logged: dict) -> str:
+    def _summary_line(self, gen: int, logged: dict, async_: bool = False) -> str:
         front = pareto_front(list(logged.values()), self.cfg.n_objectives)
         names = self.cfg.objective_names
         best = {n: max(-r["F"][k] for r in front) for k, n in enumerate(names)} if front else {}
         best_s = ", ".join(f"{n} {v:.3f}" for n, v in best.items())
-        return (f"generation {gen}/{self.cfg.algorithm.generations}: {len(logged)} evaluations, "
-                f"front {len(front)}, best {best_s}")
+        where = (f"{len(logged)}/{self.cfg.budget} evaluations ({gen} tells)" if async_ else
+                 f"generation {gen}/{self.cfg.algorithm.generations}: {len(logged)} evaluations")
+        return f"{where}, front {len(front)}, best {best_s}"
 
     def _write_progress(self, gen: int, done: bool, logged: dict) -> None:
         records = sorted(logged.values(), key=lambda r: (r["generation"], r["index"]))

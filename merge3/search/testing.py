@@ -91,3 +91,39 @@ def crashing_ray_pool(plan: dict, scorer=CrashingScorer):
         return open_ray_pool(spec, workers, address, scorer_cls=scorer_cls, log=log)
 
     return factory
+
+
+class OrderedPool:
+    """``n_workers`` simulated workers in this process whose completion order is a function of what is running:
+    of the jobs in flight, the one with the smallest ``finish(job)`` (then generation, index) comes back next,
+    and is scored only then. So a search stopped and resumed with the same jobs in flight sees the same order
+    of results as one never stopped: what "the same completion order" means for asynchronous dispatch."""
+
+    def __init__(self, score, n_workers: int, finish=None, name: str = "ordered"):
+        self._score, self.n_workers, self.name = score, int(n_workers), name
+        self._finish = finish or (lambda job: job.generation + 2.5 * ((job.seed * 2654435761) % 1000) / 1000)
+
+    def run(self, jobs, more=None):
+        queue, running = list(jobs), []
+        while True:
+            while len(running) < self.n_workers:
+                if not queue and more is not None:
+                    queue.extend(more())
+                if not queue:
+                    break
+                running.append(queue.pop(0))
+            if not running:
+                return
+            job = min(running, key=lambda j: (self._finish(j), j.generation, j.index))
+            running.remove(job)
+            res = self._score(job)
+            res.worker = res.worker or self.name
+            yield res
+
+    def close(self) -> None:
+        pass
+
+
+def ordered_pool(score, n_workers: int, finish=None):
+    """A pool factory for :class:`OrderedPool`."""
+    return lambda spec, workers, address=None, log=None: OrderedPool(score, n_workers, finish)

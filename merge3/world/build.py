@@ -128,12 +128,55 @@ def world_dir(spec: WorldSpec, out: Path | None = None) -> Path:
     return Path(out) if out is not None else default_cache() / "worlds" / f"{spec.size}-{spec.digest()}"
 
 
-def load_world(root: Path) -> World:
+VERIFIED = ".verified.json"  # size and mtime of each file when its sha256 last matched world.json
+
+
+def load_world(root: Path, verify: bool = True) -> World:
+    """The world at ``root``; with ``verify``, each weight and data file is checked against the sha256 that
+    world.json records (once: a file whose size and mtime are unchanged since it last matched is not hashed
+    again)."""
     meta_path = Path(root) / "world.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: not a merge3 world (no world.json); build one with `merge3 world build`")
-    meta = json.loads(meta_path.read_text())
-    return World(root=Path(root), spec=WorldSpec(**meta["spec"]), files=meta["files"])
+    try:
+        meta = json.loads(meta_path.read_text())
+        world = World(root=Path(root), spec=WorldSpec(**meta["spec"]), files=dict(meta["files"]))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{meta_path}: malformed world file ({exc})") from None
+    if verify:
+        verify_world(world)
+    return world
+
+
+def verify_world(world: World) -> None:
+    """Each file world.json lists has its recorded sha256 (an error naming the first that does not)."""
+    root = world.root
+    stamp_path = root / VERIFIED
+    try:
+        stamps = json.loads(stamp_path.read_text()) if stamp_path.is_file() else {}
+    except (OSError, ValueError):
+        stamps = {}
+    fresh = {}
+    for rel, sha in sorted(world.files.items()):
+        p = root / rel
+        try:
+            st = p.stat()
+        except OSError:
+            raise FileNotFoundError(f"{p}: missing from the world at {root}; delete {root} and build it "
+                                    "again") from None
+        sig = [st.st_size, st.st_mtime_ns, sha]
+        if stamps.get(rel) != sig:
+            if _sha256(p) != sha:
+                raise ValueError(f"{p}: sha256 differs from the one recorded in {root / 'world.json'} (the file is "
+                                 f"damaged or was changed); delete {root} and build it again")
+        fresh[rel] = sig
+    if fresh != stamps:
+        try:  # a read-only shared cache is verified each time instead
+            from ..files import atomic_write
+
+            atomic_write(stamp_path, json.dumps(fresh, sort_keys=True))
+        except OSError:
+            pass
 
 
 def resolve_world(name_or_path: str) -> World:
@@ -245,5 +288,8 @@ def _veltic_rows(tokenizer, lexicon) -> list[int]:
 
 
 def _save(model, tokenizer, path: Path) -> None:
+    from ..files import usual_mode
+
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+    usual_mode(*path.glob("*.safetensors"))  # safetensors creates files 0600
