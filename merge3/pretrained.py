@@ -73,6 +73,7 @@ def _convert(source: Path, out: Path, dtype: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .files import usual_mode
     from .quiet import muted
 
     with muted("transformers"):
@@ -88,7 +89,4 @@ def _convert(source: Path, out: Path, dtype: str) -> None:
     plain.generation_config = model.generation_config
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    umask = os.umask(0)
-    os.umask(umask)
-    for f in out.iterdir():  # transformers writes the weights 0600 through a temporary file: readable as usual
-        f.chmod(0o666 & ~umask)
+    usual_mode(*out.iterdir())  # transformers writes the weights 0600 through a temporary file
