@@ -79,6 +79,31 @@ def synthetic_llama(out: Path, hidden: int, layers: int, intermediate: int, voca
     return base_dir, eps, count_params(base_dir)
 
 
+def perturbed_endpoints(base: Path, out: Path, n_endpoints: int = 3) -> list[Path]:
+    """Endpoints of a real checkpoint for timing: its weights plus small noise, saved beside its config and
+    tokenizer (cached in ``out``; merge speed does not depend on the values)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    eps = [out / f"ep{i}" for i in range(n_endpoints)]
+    if all((p / "model.safetensors").is_file() for p in eps):
+        return eps
+    weights = {}
+    for f in sorted(base.glob("*.safetensors")):
+        weights.update(load_file(str(f)))
+    for i, ep in enumerate(eps):
+        tmp = ep.with_name(ep.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(base, tmp, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
+        g = torch.Generator().manual_seed(100 + i)
+        save_file({k: (v.float() + torch.randn(v.shape, generator=g) * 0.002).to(v.dtype) for k, v in weights.items()},
+                  str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        shutil.rmtree(ep, ignore_errors=True)
+        tmp.rename(ep)
+    return eps
+
+
 def count_params(path: Path) -> int:
     from merge3.merging.checkpoint import Checkpoint
 
@@ -187,13 +212,13 @@ def time_ours_any(mat: Materializer, recipe: MergeRecipe, repeats: int):
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"| {'model':12s} | {'thr':>3s} | {'method':17s} | {'kernel':6s} | {'ours s/cand':>11s} | "
+    head = (f"| {'model':20s} | {'thr':>3s} | {'method':17s} | {'kernel':6s} | {'ours s/cand':>11s} | "
             f"{'mergekit s':>10s} | {'copy s':>8s} | {'speedup':>8s} | {'/copy':>6s} |")
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
     for r in rows:
         mk = "n/a" if r["mergekit_seconds"] is None else f"{r['mergekit_seconds']:.3f}"
         sp = "n/a" if r["speedup_vs_mergekit"] is None else f"{r['speedup_vs_mergekit']:.1f}x"
-        lines.append(f"| {r['model']:12s} | {r['threads']:3d} | {r['method']:17s} | {r['kernel']:6s} | "
+        lines.append(f"| {r['model']:20s} | {r['threads']:3d} | {r['method']:17s} | {r['kernel']:6s} | "
                      f"{r['seconds_per_candidate']:11.4f} | {mk:>10s} | "
                      f"{r['copy_bound_seconds']:8.4f} | {sp:>8s} | {r['ratio_to_copy_bound']:5.2f}x |")
     return "\n".join(lines)
@@ -217,6 +242,8 @@ def main(argv=None) -> int:
     ap.add_argument("--intermediate", type=int, default=2048)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--synthetic-dir", default=None, help="cache for the synthetic models (default $MERGE3_HOME/bench)")
+    ap.add_argument("--pretrained", default="", help="also a real checkpoint: smollm2 (SmolLM2-135M-Instruct, bf16, "
+                                                      "from merge3 pretrained), with perturbed endpoints")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default=None)
@@ -241,6 +268,14 @@ def main(argv=None) -> int:
         d = d / f"llama-h{a.hidden}-l{a.layers}-i{a.intermediate}-v{a.vocab}"
         base, eps, n = synthetic_llama(d, a.hidden, a.layers, a.intermediate, a.vocab)
         models.append((f"llama-{n / 1e6:.0f}M", base, eps, n))
+    if a.pretrained:
+        from merge3.pretrained import MODELS, pretrained_folder
+
+        home = Path(os.environ.get("MERGE3_HOME", Path.home() / ".cache" / "merge3"))
+        base = pretrained_folder(a.pretrained)
+        eps = perturbed_endpoints(base, home / "bench" / f"{base.name}-endpoints")
+        n = count_params(base)
+        models.append((f"{MODELS[a.pretrained]['name'].replace('-Instruct', '')} ({n / 1e6:.0f}M)", base, eps, n))
     rows = []
     for threads in [int(t) for t in a.threads.split(",")]:
         if threads:
