@@ -12,6 +12,14 @@ from merge3.merging.materializer import Materializer
 from merge3.merging.methods import METHODS, get_method
 from merge3.merging.recipe import MergeRecipe
 
+@pytest.fixture(autouse=True)
+def fuse_every_tensor(monkeypatch):
+    """The tensors here are small: fuse them anyway (merge_tensor leaves tensors under 64K entries eager)."""
+    from merge3.merging import kernels
+
+    monkeypatch.setattr(kernels, "FUSED_MIN_NUMEL", 0)
+
+
 GENERALIZED = [m for m in METHODS if m not in ("linear", "task_arithmetic", "slerp", "model_stock")]
 RANKERS = {"magnitude": S.magnitude_order, "magnitude_outliers": S.outlier_order, "della": S.della_ranks}
 

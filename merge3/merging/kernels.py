@@ -34,6 +34,10 @@ def _store(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     return out
 
 
+# Below this many entries a compiled call's fixed cost (guards, launch) exceeds the passes it saves: eager.
+FUSED_MIN_NUMEL = 1 << 16
+
+
 def merge_tensor(spec: MethodSpec, name: str, base: torch.Tensor, deltas: list, shared: dict, per_model: list[dict],
                  seed: int | None = None, out: torch.Tensor | None = None, ranks: list | None = None,
                  work: Workspace | None = None, fused: bool = False) -> torch.Tensor:
@@ -44,9 +48,10 @@ def merge_tensor(spec: MethodSpec, name: str, base: torch.Tensor, deltas: list, 
     tensor."""
     if not base.is_floating_point():
         return _store(base, out)
+    fused = fused and base.numel() >= FUSED_MIN_NUMEL
     if spec.name in ("linear", "task_arithmetic"):
         return _weighted_sum(spec, name, base, deltas, shared, per_model, out, fused)
-    if fused and base.numel() > 0:
+    if fused:
         out = torch.empty(base.shape, dtype=_compute_dtype(base), device=base.device) if out is None else out
         return _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work or Workspace())
     if spec.name == "slerp":
@@ -73,7 +78,7 @@ def _weighted_sum(spec, name, base, deltas, shared, per_model, out, fused=False)
         lam = shared["lambda"]
         c, scale = 1.0, [x / div * lam for x in w]
     cdt = _compute_dtype(base)
-    if fused and base.numel() > 0 and cdt == torch.float32:
+    if fused and cdt == torch.float32:
         from . import fused as F
 
         out = torch.empty(base.shape, dtype=cdt, device=base.device) if out is None else out
