@@ -6,10 +6,12 @@ state the same operations, in the same order, on whole flat tensors; Inductor (C
 them into one loop that reads each input once and writes the live parameter once.
 
 Results are bit-identical to the eager kernels on CPU (every scalar is rounded to float32 here, as the eager
-kernels round it; Inductor compiles without floating-point contraction, except for the weighted sum, whose eager
-``add_(d, alpha=s)`` is a fused multiply-add): ``tests/test_fused.py`` checks it for every method. What does not fuse stays eager and is computed exactly as the eager kernels compute it: the random
-draws (one generator stream per tensor and model), the L1 norms of DARE/DELLA rescaling (on the masked vectors),
-slerp's angle and model stock's cosines (both cached per tensor by ``kernels``).
+kernels round it; Inductor compiles without floating-point contraction, except for the weighted sum, whose
+eager ``add_(d, alpha=s)`` is a fused multiply-add): ``tests/test_fused.py`` checks it for every method. What
+does not fuse stays eager and is computed exactly as the eager kernels compute it: the random draws (one
+generator stream per tensor and model), the L1 norms of DARE/DELLA rescaling (on the masked vectors), slerp's
+angle and model stock's cosines (both cached per tensor by ``kernels``). On GPUs (Triton) bit-identity with
+the eager kernels is not checked here: no GPU was available.
 
 Each method variant compiles once per process (about 10-20 s on CPU, cached on disk by Inductor afterwards), so
 this pays off over a search's many candidates, not for a one-off merge.
