@@ -106,3 +106,16 @@ def test_missing_compiler_is_one_line(monkeypatch):
     with pytest.raises(RuntimeError, match=r"^fused merge kernels need torch.compile .*No working C\+\+ compiler "
                                            r"found; turn them off with workers.fused_merge: false$"):
         fused.check_available("cpu")
+
+
+def test_default_falls_back_to_eager_when_it_cannot_compile(monkeypatch):
+    """Default (None): on for GPUs, and a failed compile warns and merges eagerly; True: the failure is an error."""
+    def broken(device):
+        raise RuntimeError("fused merge kernels need torch.compile to work on cuda: no compiler")
+
+    monkeypatch.setattr(fused, "check_available", broken)
+    assert fused.use_fused(None, "cpu") is False and fused.use_fused(False, "cuda") is False
+    with pytest.warns(UserWarning, match="no compiler.*falling back to the eager kernels"):
+        assert fused.use_fused(None, "cuda") is False
+    with pytest.raises(RuntimeError, match="no compiler"):
+        fused.use_fused(True, "cpu")

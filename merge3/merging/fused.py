@@ -157,3 +157,21 @@ def check_available(device) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RuntimeError(f"fused merge kernels need torch.compile to work on {device} (a C++ compiler on CPU, "
                            f"Triton on GPU): {first}; turn them off with workers.fused_merge: false") from None
+
+
+def use_fused(requested: bool | None, device) -> bool:
+    """Whether a materializer on ``device`` merges with the fused kernels: ``requested`` True / False, or None
+    for the default (on for GPUs, where a failed compile then falls back to eager with a warning)."""
+    device = torch.device(device)
+    if not (device.type == "cuda" if requested is None else requested):
+        return False
+    try:
+        check_available(device)
+    except RuntimeError as e:
+        if requested:
+            raise
+        import warnings
+
+        warnings.warn(f"{e} (falling back to the eager kernels)", stacklevel=3)
+        return False
+    return True

@@ -61,11 +61,9 @@ class Materializer:
         self.offload = bool(offload_task_vectors) and self.device.type == "cuda"
         # Fused kernels (one compiled pass per tensor) by default on GPUs; on CPU they pay off over a search's many
         # candidates but cost a compile per method at the start, so they are asked for.
-        self.fused = (self.device.type == "cuda") if fused is None else bool(fused)
-        if self.fused:
-            from .fused import check_available
+        from .fused import use_fused
 
-            check_available(self.device)
+        self.fused = use_fused(fused, self.device)
 
         self.model = AutoModelForCausalLM.from_pretrained(base, dtype=self.dtype, use_safetensors=True,
                                                           trust_remote_code=False).to(self.device).eval()
