@@ -30,8 +30,15 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 OWN_TASK = {"math_en": "tw_arith_en", "lang_vl": "tw_lang_vl", "facts_en": "tw_facts_en"}
 TARGET = "tw_arith_vl"
-# The demo's genome (experiments/demo.yaml): DARE-TIES weight and density per endpoint.
-DEMO_GENOME = {"method": "dare_ties", "parameters": {"weight": [0.0, 1.0], "density": [0.1, 1.0]}}
+def _demo_genome() -> dict:
+    """The demo's genome, as experiments/demo.yaml states it."""
+    import yaml
+
+    merge = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml").read_text())["merge"]
+    return {k: merge[k] for k in ("method", "parameters", "filters") if k in merge}
+
+
+DEMO_GENOME = _demo_genome()
 # The searched genome: task-arithmetic weight per endpoint, separately for the input embeddings, the output
 # head and the rest (the transformer layers), so a merge can take the Veltic word rows from lang_vl and the
 # layers from math_en.
