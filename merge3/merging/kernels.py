@@ -295,16 +295,28 @@ def _slerp_factors(dot: torch.Tensor, t: float):
     return torch.sin((1 - t) * theta) / s, torch.sin(t * theta) / s
 
 
-def _slerp(base, delta, t, work=None, name=""):
-    """Spherical interpolation between the base and the other model, over the whole tensor. The angle does not
-    depend on t: with a workspace it is computed once per tensor."""
+def _slerp_ends(base, delta):
+    """The two flat tensors slerp interpolates between: the base and the other model (base + delta)."""
     cdt = _compute_dtype(base)
     a = base.to(cdt).reshape(-1)
-    b = a + (0 if delta is None else delta.to(device=base.device, dtype=cdt).reshape(-1))
+    return a, a + (0 if delta is None else delta.to(device=base.device, dtype=cdt).reshape(-1))
+
+
+def _slerp_dot(base, delta, work, name, ends=None):
+    """cos of the angle between the two ends; it does not depend on t: with a workspace, computed once per
+    tensor (``ends``: ``_slerp_ends`` when the caller has them)."""
+    def compute():
+        return _slerp_cos(*(ends or _slerp_ends(base, delta)))
+
+    return compute() if work is None else work.constant(("slerp", name, id(base), id(delta)), compute)
+
+
+def _slerp(base, delta, t, work=None, name=""):
+    """Spherical interpolation between the base and the other model, over the whole tensor."""
+    a, b = _slerp_ends(base, delta)
     if a.numel() == 0:
         return b.reshape(base.shape)
-    dot = (_slerp_cos(a, b) if work is None else
-           work.constant(("slerp", name, id(base), id(delta)), lambda: _slerp_cos(a, b)))
+    dot = _slerp_dot(base, delta, work, name, ends=(a, b))
     ca, cb = _slerp_factors(dot, t)
     return (ca * a + cb * b).reshape(base.shape)
 
@@ -431,10 +443,7 @@ def _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work):
         delta = deltas[0]
         if delta is None:
             return _store(_slerp(base, delta, shared["t"], work, name), out)
-        cdt = _compute_dtype(base)
-        dot = work.constant(("slerp", name, id(base), id(delta)), lambda: _slerp_cos(
-            base.to(cdt).reshape(-1), base.to(cdt).reshape(-1) + delta.to(device=dev, dtype=cdt).reshape(-1)))
-        ca, cb = _slerp_factors(dot, shared["t"])
+        ca, cb = _slerp_factors(_slerp_dot(base, delta, work, name), shared["t"])
         ca, cb = (F.f32(ca), F.f32(cb)) if isinstance(ca, float) else (ca, cb)
         F.slerp(flat_out, base.reshape(-1), _flat_on(delta, dev, work, "dev0"), ca, cb)
         return out
