@@ -63,3 +63,24 @@ def atomic_write(path, data: bytes | str) -> None:
             os.close(fd)
     except OSError:  # some filesystems cannot fsync a directory
         pass
+
+
+def publish_dir(root, build, marker: str) -> None:
+    """Makes the folder ``root`` appear whole or not at all: ``build(tmp)`` fills a temporary sibling, which is
+    then renamed into place (an empty ``root`` is replaced). When another process published ``root`` meanwhile
+    (its ``marker`` file exists), ours is discarded: both built the same thing."""
+    import shutil
+
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build(tmp)
+        if (root / marker).is_file():
+            return
+        if root.exists():
+            root.rmdir()
+        os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

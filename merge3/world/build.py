@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -217,18 +216,10 @@ def build_world(size: str = "small", out: str | Path | None = None, seed: int = 
         raise FileExistsError(f"{root} exists and is not a merge3 world; choose an empty or new --out")
     _check_writable(root)
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _build_into(tmp, root, spec, progress)
-        if (root / "world.json").is_file():  # another process built the same world meanwhile: same files
-            return load_world(root)
-        if root.exists():
-            root.rmdir()  # an empty directory given as --out
-        os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    from ..files import publish_dir
+
+    # world.json is written last; another process may build the same world meanwhile (same files)
+    publish_dir(root, lambda tmp: _build_into(tmp, root, spec, progress), "world.json")
     return load_world(root)
 
 
