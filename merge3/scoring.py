@@ -36,6 +36,7 @@ class CandidateJob:
     seed: int                       # merge seed (random methods)
     full_responses: bool = False    # answer every item, return responses only (calibration population)
     attempt: int = 0                # set by the worker pool on retries
+    anchors: object = None          # merge3.irt.Anchors of this candidate (refreshed anchors); None: the spec's
 
 
 @dataclass(frozen=True)
@@ -184,21 +185,15 @@ class CandidateScorer:
         finally:
             del lm
 
-    def fitness_items(self) -> dict[str, list[str]] | None:
-        """The items a candidate answers for its fitness: the anchors, or None (every item) for full fitness."""
-        return None if self.spec.fitness == "full" else self.spec.anchors.items
+    def fitness_items(self, anchors=None) -> dict[str, list[str]] | None:
+        """The items a candidate answers for its fitness: the anchors (``anchors``, else the spec's), or None
+        (every item) for full fitness."""
+        return None if self.spec.fitness == "full" else (anchors or self.spec.anchors).items
 
-    def estimate(self, responses: dict) -> dict[str, float]:
+    def estimate(self, responses: dict, anchors=None) -> dict[str, float]:
         """Full-benchmark accuracy per task from the fitness items' answers."""
         s = self.spec
-        if s.fitness == "full" or self.calibration is None:  # every item, or raw accuracy on random anchors
-            from .evaluation.lmeval import accuracy
-
-            return accuracy(responses)
-        from .irt import estimate
-
-        name = "anchor" if s.fitness == "anchor" else s.estimator
-        return {t: float(v) for t, v in estimate(name, responses, self.calibration, s.anchors).items()}
+        return estimate_accuracy(s.fitness, s.estimator, responses, self.calibration, anchors or s.anchors)
 
     # ---------------------------------------------------------------- jobs
 
@@ -225,7 +220,7 @@ class CandidateScorer:
             recipe = self.recipe(job.x, job.seed)
         except (ValueError, KeyError, TypeError) as exc:
             raise _Invalid(f"{type(exc).__name__}: {exc}") from None
-        items = None if job.full_responses else self.fitness_items()
+        items = None if job.full_responses else self.fitness_items(job.anchors)
         responses = self.answer(recipe, items)
         out.raw = {t: (sum(r.values()) / len(r) if r else None) for t, r in responses.items()}
         out.items_evaluated = sum(len(r) for r in responses.values())
@@ -233,11 +228,24 @@ class CandidateScorer:
             out.responses = responses
         if job.full_responses:
             return
-        est = self.estimate(responses)
+        est = self.estimate(responses, job.anchors)
         bad = [t for t in self.spec.tasks if t not in est or not math.isfinite(float(est[t]))]
         if bad:
             raise ValueError(f"no finite estimate for task(s) {bad}")
         out.objectives = {t: float(est[t]) for t in self.spec.tasks}
+
+
+def estimate_accuracy(fitness: str, estimator: str, responses: dict, calibration, anchors) -> dict[str, float]:
+    """Accuracy per task from a candidate's ``responses``: plain accuracy for ``full`` fitness (or random anchors
+    without a calibration), else the estimator (``anchor`` fitness: the weighted anchor accuracy)."""
+    if fitness == "full" or calibration is None:
+        from .evaluation.lmeval import accuracy
+
+        return accuracy(responses)
+    from .irt import estimate
+
+    name = "anchor" if fitness == "anchor" else estimator
+    return {t: float(v) for t, v in estimate(name, responses, calibration, anchors).items()}
 
 
 class _Invalid(Exception):

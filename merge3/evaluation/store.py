@@ -84,6 +84,8 @@ class ResponseStore:
         """Appends (durably: flushed and fsynced before returning) and merges into memory."""
         if not isinstance(model_id, str) or not model_id:
             raise ValueError("model id must be a non-empty string")
+        if self.path is None:
+            raise ValueError("this response store is an in-memory copy: it cannot be appended to")
         responses = _check_responses(responses, f"model {model_id}")
         line = json.dumps({"model": model_id, "responses": responses, "meta": meta or {}}, sort_keys=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,6 +98,24 @@ class ResponseStore:
             os.fsync(f.fileno())
             self._good_bytes = f.tell()
         self._merge(model_id, responses, meta)
+
+    @classmethod
+    def in_memory(cls, responses: dict[str, Responses] | None = None) -> "ResponseStore":
+        """A store that lives in memory only (``add`` refuses): e.g. a calibration population grown while a
+        search runs, without touching the calibration's own file."""
+        store = object.__new__(cls)
+        store.path, store._good_bytes, store._data, store._meta = None, 0, {}, {}
+        for m, resp in (responses or {}).items():
+            store._merge(m, _check_responses(resp, f"model {m}"), None)
+        return store
+
+    def with_models(self, extra: dict[str, Responses]) -> "ResponseStore":
+        """An in-memory copy of this store holding ``extra`` too."""
+        copy = ResponseStore.in_memory(self._data)
+        copy._meta.update({m: dict(v) for m, v in self._meta.items()})
+        for m, resp in extra.items():
+            copy._merge(m, _check_responses(resp, f"model {m}"), None)
+        return copy
 
     def models(self) -> list[str]:
         return list(self._data)

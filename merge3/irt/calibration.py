@@ -122,6 +122,25 @@ class Calibration:
             out[t] = b2 / (b2 + v) if b2 + v > 0 else 0.5
         return out
 
+    def with_models(self, responses: dict[str, dict]) -> "Calibration":
+        """This calibration with more models in its population (online calibration): each one's ability is its
+        MAP fit on its answers with the item parameters held (prior: this population's); they join the training
+        population (so the ability and mp-IRT priors) and the validation models (so the gp/gmp mixing weights
+        are re-estimated from the error seen on them). Nothing is written."""
+        from .fit import fit_ability
+
+        abilities = dict(self.abilities)
+        for m, resp in responses.items():
+            if m in abilities:
+                raise ValueError(f"model {m!r} is already in the calibration population")
+            abilities[m] = fit_ability(self.item_params, {t: r for t, r in resp.items() if t in self.tasks},
+                                       self.ability_prior_mean, self.ability_prior_sd)
+        new = list(responses)
+        store = self.store.with_models(responses) if self.store is not None else ResponseStore.in_memory(responses)
+        return Calibration(self.item_params, abilities, self.endpoints, base=self.base,
+                           train_models=self.train_models + new, validation_models=self.validation_models + new,
+                           store=store, settings=self.settings, cost=self.cost, root=self.root, config=self.config)
+
     # -- files ----------------------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":

@@ -62,6 +62,9 @@ class AnchorSettings:
     method: str = key("random, irt_cluster or correctness_cluster (the latter two need a calibration)", "random")
     n: int = key("anchor items per task", 20)
     seed: int | None = key("anchor selection seed (default: the run seed)", None)
+    refresh: bool = key("draw a new anchor set for every generation (async dispatch: every batch) from a stream "
+                        "seeded by (anchor seed, generation), so the population cannot specialise on one set of "
+                        "items; generation 0 uses the anchors of refresh: false. Resume stays exact", False)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,17 @@ class CalibrationSettings:
 
 
 @dataclass(frozen=True)
+class OnlineCalibration:
+    top_k: int = key("after every `every` generations, this many of the generation's best candidates by estimate "
+                     "are scored on every item (their items count in the search's cost): the search is told their "
+                     "measured scores instead of the estimates, and (irt fitness) their answers join the "
+                     "calibration population: abilities fitted with the item parameters held, the ability priors "
+                     "and the gp/gmp mixing weights re-estimated with them among the validation models. "
+                     "Generational dispatch only. 0: off", 0)
+    every: int = key("generations between two online calibration steps", 1)
+
+
+@dataclass(frozen=True)
 class Fitness:
     type: str = key("irt (anchors + estimator), anchor (raw anchor accuracy) or full (every item)", "irt")
     estimator: str = key("irt only: anchor, irt, pirt, gpirt, mpirt or gmpirt", "mpirt")
@@ -81,6 +95,8 @@ class Fitness:
                                   "without one)", "auto")
     anchors: AnchorSettings = section(AnchorSettings, "anchor items")
     calibration_settings: CalibrationSettings = section(CalibrationSettings, "the auto calibration")
+    online_calibration: OnlineCalibration = section(OnlineCalibration, "candidates scored on every item while "
+                                                    "the search runs (irt/anchor fitness)")
     verify_top_k: int = key("irt/anchor fitness: when the search ends, this many of its best candidates by "
                             "estimate (single objective: the top k; several: the Pareto front's first k by mean "
                             "objective) are scored on every item; status, result.json and export rank by these "
@@ -180,6 +196,11 @@ class SearchConfig:
         the verification after the search: it changes no evaluation the search makes)."""
         keep = {k: v for k, v in self.to_dict().items() if k not in ("name", "workers")}
         keep["fitness"] = {k: v for k, v in keep["fitness"].items() if k != "verify_top_k"}
+        # keys added later leave the digests of runs that do not use them unchanged
+        if keep["fitness"]["online_calibration"] == dataclasses.asdict(OnlineCalibration()):
+            del keep["fitness"]["online_calibration"]
+        if not keep["fitness"]["anchors"]["refresh"]:
+            del keep["fitness"]["anchors"]["refresh"]
         if keep["algorithm"]["dispatch"] == "generational":  # the default: digests from before the key stay valid
             keep["algorithm"] = {k: v for k, v in keep["algorithm"].items() if k != "dispatch"}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -366,7 +387,12 @@ def _check_fitness(fit: dict, seed: int, raw_fitness: dict, base_dir: Path | Non
     cal = fit["calibration"]
     if isinstance(cal, str) and cal != "auto" and base_dir is not None and not Path(cal).is_absolute():
         fit["calibration"] = str((base_dir / cal).resolve())
+    if not isinstance(anc["refresh"], bool):
+        raise ValueError(f"config key 'fitness.anchors.refresh': expected true or false, got {anc['refresh']!r}")
     _num(fit["verify_top_k"], "fitness.verify_top_k", 0, integer=True)
+    online = fit["online_calibration"]
+    _num(online["top_k"], "fitness.online_calibration.top_k", 0, integer=True)
+    _num(online["every"], "fitness.online_calibration.every", 1, integer=True)
     cs = fit["calibration_settings"]
     _num(cs["n_random_merges"], "fitness.calibration_settings.n_random_merges", 0, integer=True)
     if not isinstance(cs["irt"], dict):
@@ -423,6 +449,9 @@ def normalize(raw: dict, name: str | None = None, base_dir: Path | None = None) 
     _check_fitness(cfg["fitness"], cfg["seed"], raw.get("fitness") or {}, base_dir)
     n_obj = 1 if cfg["objectives"]["mode"] == "weighted_sum" else len(cfg["objectives"]["tasks"])
     _check_algorithm(cfg["algorithm"], n_obj)
+    if cfg["fitness"]["online_calibration"]["top_k"] and cfg["algorithm"]["dispatch"] == "async":
+        raise ValueError("config key 'fitness.online_calibration.top_k': online calibration steps between "
+                         "generations; it needs algorithm.dispatch: generational")
     _check_workers(cfg["workers"])
     return _typed(SearchConfig, cfg)
 

@@ -14,6 +14,7 @@ from ..calibration import CalibrationConfig, calibrate
 from ..irt import Anchors, Calibration, select_anchors
 from ..scoring import ScorerSpec
 from .config import SearchConfig
+from .fitness import FitnessState
 from .resources import make_genome
 from .rundir import ANCHORS, CALIBRATION, CONFIG, RunDir, read_json
 
@@ -48,24 +49,26 @@ def ensure_calibration(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> str 
     return str(out)
 
 
-def choose_anchors(cfg: SearchConfig, cal_dir: str | None, item_ids) -> Anchors:
-    """The fitness's anchors: chosen on the calibration, or uniformly at random from ``item_ids(task)``."""
+def choose_anchors(cfg: SearchConfig, calibration: Calibration | None, item_ids, seed: int | None = None) -> Anchors:
+    """The fitness's anchors (seed: the config's anchor seed unless given): chosen on the calibration, or
+    uniformly at random from ``item_ids(task)``."""
     anc = cfg.fitness.anchors
-    if cal_dir:
-        a = select_anchors(anc.method, anc.n, Calibration.load(cal_dir), anc.seed, tasks=list(cfg.tasks))
+    seed = anc.seed if seed is None else seed
+    if calibration is not None:
+        a = select_anchors(anc.method, anc.n, calibration, seed, tasks=list(cfg.tasks))
         missing = [t for t in cfg.tasks if t not in a.items]
         if missing:
-            raise ValueError(f"the calibration {cal_dir} has no anchors for task(s) {missing}")
+            raise ValueError(f"the calibration {calibration.root} has no anchors for task(s) {missing}")
         return a
-    rng = random.Random(f"anchors-{anc.seed}")
+    rng = random.Random(f"anchors-{seed}")
     items = {}
     for t in cfg.tasks:
         ids = item_ids(t)
         items[t] = sorted(rng.sample(ids, min(anc.n, len(ids))))
-    return Anchors.uniform(items, method="random", seed=anc.seed)
+    return Anchors.uniform(items, method="random", seed=seed)
 
 
-def prepare(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> tuple[ScorerSpec, dict]:
+def prepare(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> tuple[ScorerSpec, dict, FitnessState]:
     """Calibrates (auto), picks anchors and writes meta.json on the first run; re-reads them on resume."""
     meta = rd.read_meta()
     if meta and meta.get("config_digest") != cfg.digest():
@@ -82,13 +85,14 @@ def prepare(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> tuple[ScorerSpe
         return suites[0]
 
     cal_dir = ensure_calibration(cfg, rd, pool_factory, say)
+    calibration = Calibration.load(cal_dir) if cal_dir else None
     saved = rd.read_anchor_items()
     anchors = None
     if cfg.fitness.type != "full":
         if saved is not None and not cal_dir:
             anchors = Anchors.uniform(saved, method="random", seed=cfg.fitness.anchors.seed)
         else:
-            anchors = choose_anchors(cfg, cal_dir, lambda task: suite().item_ids(task))
+            anchors = choose_anchors(cfg, calibration, lambda task: suite().item_ids(task))
             if saved is None:
                 rd.write_anchor_items(anchors.items)
             elif saved != anchors.items:
@@ -107,7 +111,9 @@ def prepare(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> tuple[ScorerSpe
                       include_path=cfg.include_path, evaluation=dict(cfg.evaluation), fitness=cfg.fitness.type,
                       estimator=cfg.fitness.estimator, calibration=cal_dir, anchors=anchors,
                       cache_dir=str(rd.path.resolve()), **w.materializer_options())
-    return spec, meta
+    fitness = FitnessState(cfg, spec, lambda seed: choose_anchors(cfg, calibration, lambda t: suite().item_ids(t),
+                                                                  seed), calibration)
+    return spec, meta, fitness
 
 
 def calibration_items(cfg: SearchConfig, cal_dir: str | None, n_items: dict) -> int:

@@ -124,7 +124,7 @@ class Search:
         try:
             with log_to(self.rd / "third_party.log"), _sigterm_interrupts():
                 say = _say if self.show else (lambda msg: None)
-                spec, self.meta = prepare(self.cfg, self.rd, self._calibration_pool_factory(), say)
+                spec, self.meta, self.fitness = prepare(self.cfg, self.rd, self._calibration_pool_factory(), say)
                 return self._loop(spec, t_start)
         except KeyboardInterrupt:
             _say(f"interrupted: {len(self.rd.records())} evaluation(s) are logged in {self.run_dir}; continue with "
@@ -135,6 +135,8 @@ class Search:
 
     def _record(self, gen: int, idx: int, x: np.ndarray, res: Score) -> dict:
         cfg = self.cfg
+        if res.status == "ok" and self.fitness.estimates_here:
+            self._estimate_here(gen, res)
         if res.status == "ok" and res.objectives:
             objectives = res.objectives
         else:
@@ -146,6 +148,16 @@ class Search:
                 "anchors": self.meta.get("anchor_counts") or None, "items_evaluated": int(res.items_evaluated),
                 "worker": res.worker, "attempts": res.attempts, "seconds": round(float(res.seconds), 4),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())}
+
+    def _estimate_here(self, gen: int, res: Score) -> None:
+        """The candidate's objectives from the driver's calibration (online calibration grows it)."""
+        try:
+            est = self.fitness.estimate(res.responses, gen)
+            if not all(np.isfinite(float(est.get(t, float("nan")))) for t in self.cfg.tasks):
+                raise ValueError(f"no finite estimate for every task: {est}")
+            res.objectives = {t: float(est[t]) for t in self.cfg.tasks}
+        except Exception as exc:  # like the worker's own estimate: the candidate fails, the search goes on
+            res.status, res.error, res.objectives = "failed", f"{type(exc).__name__}: {exc}", None
 
     def _loop(self, spec, t_start: float) -> SearchResult:
         cfg = self.cfg
@@ -219,7 +231,7 @@ class Search:
                     F[i] = rec["F"]
                     continue
                 jobs.append(CandidateJob(generation=gen, index=i, x=tuple(float(v) for v in x),
-                                         seed=candidate_seed(cfg.seed, gen, i)))
+                                         seed=candidate_seed(cfg.seed, gen, i), anchors=self.fitness.job_anchors(gen)))
             replayed = not jobs
             bar = _progress(len(X), f"generation {gen + 1}/{G}", self.show and not replayed, unit="candidates")
             if len(X) > len(jobs):
@@ -231,6 +243,8 @@ class Search:
                     logged[(gen, res.index)] = rec
                     F[res.index] = rec["F"]
             bar.close()
+            if self.fitness.online_due(gen):
+                pool = self._online_step(spec, gen, [logged[(gen, i)] for i in range(len(X))], F, pool)
             Evaluator().eval(StaticProblem(problem, F=F), pop)
             algorithm.tell(infills=pop)
             gen += 1
@@ -258,7 +272,7 @@ class Search:
         def job(p):
             b, i, x = p
             return CandidateJob(generation=b, index=i, x=tuple(float(v) for v in x),
-                                seed=candidate_seed(cfg.seed, b, i))
+                                seed=candidate_seed(cfg.seed, b, i), anchors=self.fitness.job_anchors(b))
 
         def more():
             return [job(p) for p in state.next_batch()]
@@ -288,25 +302,53 @@ class Search:
         done = self.rd.verified()
         chosen = [r for r in to_verify(records, self.cfg.n_objectives, k)
                   if (r["generation"], r["index"]) not in done]
-        if not chosen:
-            return pool
-        if self.show:
+        if chosen and self.show:
             _say(f"verifying the {len(chosen)} best candidate(s) by estimate on every item")
+        _, pool = self._score_fully(spec, chosen, pool, "final")
+        return pool
+
+    def _online_step(self, spec, gen: int, records: list[dict], F: np.ndarray, pool):
+        """Online calibration after generation ``gen``: its best candidates by estimate are scored on every item
+        (or taken from ``verified.jsonl`` on a resume), the search is told those scores, and the calibration
+        population grows with their answers."""
+        chosen = self.fitness.online_choice(records)
+        done = self.rd.verified()
+        todo = [r for r in chosen if (r["generation"], r["index"]) not in done]
+        if todo and self.show:
+            _say(f"online calibration: scoring generation {gen + 1}'s {len(todo)} best candidate(s) on every item")
+        fresh, pool = self._score_fully(spec, todo, pool, "online", keep_responses=True)
+        done.update(fresh)
+        scored = [done[(r["generation"], r["index"])] for r in chosen]
+        for v in scored:
+            if v.get("status") == "ok":
+                F[v["index"]] = objective_vector(self.cfg, v["full"])
+        self.fitness.grow(scored)
+        return pool
+
+    def _score_fully(self, spec, chosen: list[dict], pool, stage: str, keep_responses: bool = False):
+        """Scores logged candidates on every item and appends them to ``verified.jsonl``; returns the new
+        verified records by (generation, index) and the pool (opened here when none was)."""
+        out = {}
+        if not chosen:
+            return out, pool
         pool = pool or self._open_pool(spec)
         by_key = {(r["generation"], r["index"]): r for r in chosen}
         jobs = [CandidateJob(generation=r["generation"], index=r["index"], x=tuple(r["genome"]), seed=r["seed"],
                              full_responses=True) for r in chosen]
         for res in pool.run(jobs):
             rec = by_key[(res.generation, res.index)]
-            self.rd.verified_log.append({
-                "candidate": rec["candidate"], "generation": res.generation, "index": res.index,
-                "status": res.status, "error": res.error, "full": res.raw if res.status == "ok" else None,
-                "estimates": rec["objectives"], "items_evaluated": int(res.items_evaluated),
-                "seconds": round(float(res.seconds), 4)})
+            v = {"candidate": rec["candidate"], "generation": res.generation, "index": res.index, "stage": stage,
+                 "status": res.status, "error": res.error, "full": res.raw if res.status == "ok" else None,
+                 "estimates": rec["objectives"], "items_evaluated": int(res.items_evaluated),
+                 "seconds": round(float(res.seconds), 4)}
+            if keep_responses and res.status == "ok":
+                v["responses"] = res.responses
+            self.rd.verified_log.append(v)
+            out[(res.generation, res.index)] = v
             if self.show and res.status == "ok":
                 _say(f"verified {rec['candidate']}: " + ", ".join(
                     f"{t} estimated {rec['objectives'][t]:.3f}, every item {res.raw[t]:.3f}" for t in self.cfg.tasks))
-        return pool
+        return out, pool
 
     def _summary_line(self, gen: int, logged: dict, async_: bool = False) -> str:
         front = pareto_front(list(logged.values()), self.cfg.n_objectives)

@@ -1,0 +1,147 @@
+"""Anchor refresh and online calibration (merge3.search.fitness): the calibration grows toward the candidates a
+search proposes, each generation answers its own anchors, and a resumed search replays both exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from merge3.irt import Calibration, estimate, select_anchors
+from merge3.irt.simulate import sample_responses, simulate_params, simulate_population
+from merge3.search import runner as R
+from merge3.search.testing import SimulatedKill, StopAfter, SyntheticFitness
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------- calibration
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    params = simulate_params(tasks=("ta", "tb"), n_items=400, dim=3, seed=0)
+    store, thetas = simulate_population(params, tmp_path_factory.mktemp("sim") / "r.jsonl", n_merges=8, seed=1)
+    return params, store, thetas
+
+
+def test_grown_calibration_estimates_the_search_region_better(sim):
+    """A calibration of the endpoints and a few merges, and candidates from a region none of them is in (where
+    the population prior shrinks every estimate toward the wrong place): adding models of that region lowers
+    the estimators' error on new candidates there."""
+    params, store, thetas = sim
+    models = store.models()
+    cal = Calibration(params, {m: thetas[m] for m in models}, ["e0", "e1", "e2"], base="base",
+                      train_models=models, store=store)
+    rng = np.random.default_rng(7)
+    centre = 1.6 * thetas["e0"] + 0.8 * thetas["e1"]  # beyond every model of the population
+
+    def region(n):
+        return [centre + 0.15 * rng.standard_normal(3) for _ in range(n)]
+
+    grown = cal.with_models({f"online-{j}": sample_responses(params, th, rng) for j, th in enumerate(region(6))})
+    assert len(grown.train_models) == len(models) + 6 and grown.validation_models[-1] == "online-5"
+    assert np.max(np.abs(grown.abilities["online-0"] - centre)) < 1.0  # fitted with the item parameters held
+    assert "online-0" not in cal.abilities and cal.store.path is not None  # the original is untouched
+    anchors = select_anchors("random", 10, cal, seed=3)
+    err = {"before": [], "after": []}
+    for theta in region(40):
+        resp = sample_responses(params, theta, rng)
+        on_anchors = {t: {i: resp[t][i] for i in anchors.items[t]} for t in anchors.items}
+        truth = {t: float(np.mean(list(resp[t].values()))) for t in resp}
+        for name, c in (("before", cal), ("after", grown)):
+            est = estimate("gmpirt", on_anchors, c, anchors)
+            err[name] += [abs(est[t] - truth[t]) for t in truth]
+    before, after = float(np.mean(err["before"])), float(np.mean(err["after"]))
+    assert after < 0.8 * before, (before, after)
+    with pytest.raises(ValueError, match="already in the calibration population"):
+        grown.with_models({"online-0": {}})
+
+
+# --------------------------------------------------------------------------------------------- the search loop
+
+
+def synth_cfg(world, **fitness) -> dict:
+    cfg = yaml.safe_load((ROOT / "experiments" / "micro.yaml").read_text())
+    cfg["world"] = str(world.root)
+    cfg["fitness"] = {"type": "anchor", "anchors": {"n": 5}, **fitness}
+    cfg["algorithm"] = {"name": "nsga2", "pop_size": 4, "generations": 4}
+    return cfg
+
+
+class Recording(SyntheticFitness):
+    """Synthetic fitness that notes the anchors each job carried, and scores every item 0.1 below the estimate
+    (so a told verified score is visible in what the algorithm proposes next)."""
+
+    def __init__(self, tasks):
+        super().__init__(tasks)
+        self.anchors = {}
+
+    def __call__(self, job):
+        out = super().__call__(job)
+        if job.full_responses and out.objectives:
+            out.raw = {t: v - 0.1 for t, v in out.objectives.items()}
+            out.items_evaluated = 200 * len(self.tasks)
+        elif not job.full_responses:
+            self.anchors[(job.generation, job.index)] = job.anchors
+        return out
+
+
+def test_refresh_gives_each_generation_its_own_anchors(micro_world, tmp_path):
+    cfg = synth_cfg(micro_world, anchors={"n": 5, "refresh": True})
+    fit = Recording(cfg["tasks"])
+    R.run(cfg, run_dir=tmp_path / "a", progress=False, evaluate=fit)
+    run0 = json.loads((tmp_path / "a" / "anchors.json").read_text())
+    sets = {}
+    for (g, _), a in fit.anchors.items():
+        assert (a is None) == (g == 0)  # generation 0 answers the run's anchors (anchors.json)
+        sets.setdefault(g, set()).add(json.dumps(a.items if a else run0, sort_keys=True))
+    assert all(len(s) == 1 for s in sets.values()) and len({next(iter(s)) for s in sets.values()}) == 4
+    again = Recording(cfg["tasks"])
+    R.run(cfg, run_dir=tmp_path / "b", progress=False, evaluate=again)
+    assert {k: a and a.items for k, a in again.anchors.items()} == {k: a and a.items for k, a in fit.anchors.items()}
+    off = Recording(cfg["tasks"])
+    R.run(synth_cfg(micro_world), run_dir=tmp_path / "c", progress=False, evaluate=off)
+    assert all(a is None for a in off.anchors.values())
+
+
+def test_online_calibration_tells_verified_scores(micro_world, tmp_path):
+    cfg = synth_cfg(micro_world, online_calibration={"top_k": 2}, verify_top_k=0)
+    res = R.run(cfg, run_dir=tmp_path / "a", progress=False, evaluate=Recording(cfg["tasks"]))
+    lines = [json.loads(x) for x in (tmp_path / "a" / "verified.jsonl").read_text().splitlines()]
+    assert [v["stage"] for v in lines] == ["online"] * 8 and res.verification_items == 8 * 400
+    for g in range(4):  # each generation's two best by estimate
+        gen = sorted((r for r in res.evaluations if r["generation"] == g), key=lambda r: sum(r["F"]))
+        assert {v["index"] for v in lines if v["generation"] == g} == {gen[0]["index"], gen[1]["index"]}
+    plain = R.run(synth_cfg(micro_world, verify_top_k=0), run_dir=tmp_path / "b", progress=False,
+                  evaluate=Recording(cfg["tasks"]))
+    first = lambda r: [x["genome"] for x in r.evaluations if x["generation"] == 0]  # noqa: E731
+    later = lambda r: [x["genome"] for x in r.evaluations if x["generation"] > 0]  # noqa: E731
+    assert first(res) == first(plain) and later(res) != later(plain)  # told other scores, proposed otherwise
+
+
+def test_online_calibration_needs_generational_dispatch(micro_world, tmp_path):
+    cfg = synth_cfg(micro_world, online_calibration={"top_k": 1})
+    cfg["algorithm"]["dispatch"] = "async"
+    with pytest.raises(ValueError, match="fitness.online_calibration.top_k"):
+        R.run(cfg, run_dir=tmp_path / "a", progress=False, evaluate=Recording(cfg["tasks"]))
+    assert not (tmp_path / "a").exists()
+
+
+def test_resume_with_refresh_and_online_equals_uninterrupted(micro_world, tmp_path):
+    cfg = synth_cfg(micro_world, anchors={"n": 5, "refresh": True}, online_calibration={"top_k": 1})
+    full = R.run(cfg, run_dir=tmp_path / "a", progress=False, evaluate=Recording(cfg["tasks"]))
+    for stop in (3, 5, 4, 2):  # killed mid-generation and mid-online step
+        with pytest.raises(SimulatedKill):
+            if not (tmp_path / "b").exists():
+                R.run(cfg, run_dir=tmp_path / "b", progress=False, evaluate=StopAfter(Recording(cfg["tasks"]), stop))
+            else:
+                R.resume(tmp_path / "b", progress=False, evaluate=StopAfter(Recording(cfg["tasks"]), stop))
+    res = R.resume(tmp_path / "b", progress=False, evaluate=Recording(cfg["tasks"]))
+    key = lambda r: (r["generation"], r["index"], tuple(r["genome"]), tuple(r["F"]))  # noqa: E731
+    assert sorted(map(key, res.evaluations)) == sorted(map(key, full.evaluations))
+    assert [e["candidate"] for e in res.verified] == [e["candidate"] for e in full.verified]
+    assert res.verification_items == full.verification_items  # nothing scored twice
