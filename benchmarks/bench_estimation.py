@@ -34,7 +34,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-GENOME = {"method": "dare_ties", "parameters": {"weight": [0.0, 1.0], "density": [0.1, 1.0]}}
+
+
+def _demo_genome() -> dict:
+    """The demo's search space (experiments/demo.yaml), whose random merges span the target's range."""
+    import yaml
+
+    merge = yaml.safe_load((ROOT / "experiments" / "demo.yaml").read_text())["merge"]
+    return {k: merge[k] for k in ("method", "parameters", "filters", "layer_granularity") if k in merge}
+
+
+GENOME = _demo_genome()
+TARGET_SDS = (0.05, 0.04, 0.03, 0.02)  # adaptive testing: posterior-sd stopping targets (accuracy, 0..1)
 
 
 def evaluate_test_merges(world, store, n_test: int, seed: int, eval_opts: dict) -> float:
@@ -71,6 +82,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dim", type=int, default=3)
     ap.add_argument("--model-type", default="multidim_2pl")
     ap.add_argument("--refine-iters", type=int, default=100, help="MAP polishing steps after py-irt (0: none)")
+    ap.add_argument("--target-sds", default=",".join(map(str, TARGET_SDS)),
+                    help="adaptive testing rows: posterior-sd stopping targets")
+    ap.add_argument("--adaptive-max", type=int, default=100, help="adaptive testing: items per task at most")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--cached-only", action="store_true",
@@ -85,7 +99,8 @@ def main(argv=None) -> int:
     from merge3.world.build import default_cache
 
     world = resolve_world(a.world)
-    cache = default_cache() / "bench_estimation" / world.root.name
+    genome_tag = hashlib.sha256(json.dumps(GENOME, sort_keys=True).encode()).hexdigest()[:8]
+    cache = default_cache() / "bench_estimation" / f"{world.root.name}-{genome_tag}"
     cache.mkdir(parents=True, exist_ok=True)
     eval_opts = {"device": "cpu", "batch_size": a.batch_size}
     cal_cfg = {"base": str(world.base), "endpoints": {k: str(v) for k, v in world.endpoints.items()},
@@ -158,6 +173,8 @@ def main(argv=None) -> int:
                              "mae_sd_over_anchor_seeds": round(float(np.std(per_seed[e])), 3),
                              "mae_per_task": {t: round(float(np.mean(v)), 3) for t, v in per_task[e].items()}})
 
+    rows += adaptive_rows(cal, fulls, truth, tasks, n_full, a)
+
     cal_items = cal.cost.get("items_total", 0)
     calibration = {"models": cal.cost.get("n_models"), "items_evaluated": cal_items,
                    "full_evaluation_equivalents": cal.cost.get("n_models"),
@@ -171,6 +188,13 @@ def main(argv=None) -> int:
         goals[method] = {"gmpirt_beats_random_anchor_at_every_n": all(by_n[n]["mae"] < base[n]["mae"] for n in by_n),
                          "mae_le_2_with_ge_50x": any(r["mae"] <= 2 and r["cost_ratio"] >= 50 for r in rows
                                                      if r["anchors"] == method)}
+    best20 = min((r for r in rows if r["anchors"] == "random" and r["n"] == 20), key=lambda r: r["mae"], default=None)
+    adaptive = sorted((r for r in rows if r["anchors"] == "adaptive"), key=lambda r: r["items_mean"])
+    as_good = next((r for r in adaptive if best20 and r["mae"] <= best20["mae"]), None)
+    goals["adaptive"] = {
+        "random20_best": best20 and {"estimator": best20["estimator"], "mae": best20["mae"]},
+        "items_per_task_for_random20_mae": as_good and as_good["items_mean"],
+        "mae_le_2_with_ge_50x": any(r["mae"] <= 2 and r["cost_ratio"] >= 50 for r in adaptive)}
     report = {"rows": rows, "calibration": calibration, "goals": goals,
               "setup": {"world": str(world.root), "world_size": world.spec.size, "tasks": tasks,
                         "items_per_model": n_full, "n_calibration_merges": a.n_cal, "n_test_merges": len(fulls),
@@ -189,12 +213,41 @@ def main(argv=None) -> int:
             rs = {r["estimator"]: r for r in rows if r["n"] == n and r["anchors"] == method}
             print(f"{method:<20} {n:>4} {rs['anchor']['cost_ratio']:>6.1f} "
                   + " ".join(f"{rs[e]['mae']:>7.2f}" for e in ESTIMATORS))
+    for r in adaptive:
+        print(f"{'adaptive sd<=' + str(r['target_sd']):<20} {r['items_mean']:>4.0f} {r['cost_ratio']:>6.1f} "
+              f"{r['mae']:>7.2f}  (items per task, mean; estimator {r['estimator']})")
     print(f"\ncalibration (one-off): {calibration['models']} models fully evaluated = {cal_items} items; "
           f"IRT fit {calibration['irt_fit_seconds']} s; paid back after "
           f"{calibration['break_even_candidates_at_n20']} candidates at n=20")
     print(f"estimate(): {report['setup']['estimate_ms_mean']} ms per call; goals: {json.dumps(goals)}")
     print(f"wrote {a.out}")
     return 0
+
+
+def adaptive_rows(cal, fulls, truth, tasks, n_full, a) -> list[dict]:
+    """Adaptive testing of each held-out merge, its answers looked up in its stored full evaluation (the same
+    0/1 lm-eval gave for the item). ``n`` is the cap per task, ``items_mean`` the items per task it used."""
+    from merge3.irt.adaptive import AdaptiveSettings, run_adaptive
+
+    out = []
+    for sd in [float(v) for v in a.target_sds.split(",") if v]:
+        settings = AdaptiveSettings(target_sd=sd, max_items=a.adaptive_max)
+        errs, per_task, items = [], {t: [] for t in tasks}, []
+        for m, full in fulls.items():
+            res = run_adaptive(cal, tasks, lambda want: {t: {i: full[t][i] for i in ids} for t, ids in want.items()},
+                               settings)
+            items.append(sum(res.items.values()))
+            for t in tasks:
+                err = 100 * abs(res.estimates[t] - truth[m][t])
+                errs.append(err)
+                per_task[t].append(err)
+        total = float(np.mean(items))
+        out.append({"estimator": "adaptive", "anchors": "adaptive", "n": a.adaptive_max, "target_sd": sd,
+                    "items_mean": round(total / len(tasks), 2), "anchors_total": round(total, 2),
+                    "cost_ratio": round(n_full / total, 2), "mae": round(float(np.mean(errs)), 3),
+                    "mae_sd_over_anchor_seeds": 0.0,
+                    "mae_per_task": {t: round(float(np.mean(v)), 3) for t, v in per_task.items()}})
+    return out
 
 
 if __name__ == "__main__":

@@ -79,7 +79,8 @@ class ScorerSpec:
     fitness: str = "full"             # irt | anchor | full
     estimator: str = "anchor"         # irt fitness: the estimator (merge3.irt.ESTIMATORS)
     calibration: str | None = None    # calibration directory (irt fitness, or anchors chosen with one)
-    anchors: object = None            # merge3.irt.Anchors, when the fitness uses anchors
+    anchors: object = None            # merge3.irt.Anchors, when the fitness uses fixed anchors
+    adaptive: dict | None = None      # merge3.irt.adaptive.AdaptiveSettings: items chosen per candidate instead
     device: str | None = None
     dtype: str | None = None
     offload_task_vectors: bool = False
@@ -90,8 +91,10 @@ class ScorerSpec:
     def __post_init__(self):
         if self.fitness not in FITNESS_TYPES:
             raise ValueError(f"fitness type {self.fitness!r}: expected one of {', '.join(FITNESS_TYPES)}")
-        if self.fitness != "full" and self.anchors is None:
-            raise ValueError(f"{self.fitness} fitness needs anchors")
+        if self.fitness != "full" and self.anchors is None and self.adaptive is None:
+            raise ValueError(f"{self.fitness} fitness needs anchors (or adaptive items)")
+        if self.adaptive is not None and (self.fitness != "irt" or not self.calibration):
+            raise ValueError("adaptive items need irt fitness and a calibration")
 
 
 def candidate_seed(run_seed: int, generation: int, index: int) -> int:
@@ -177,6 +180,16 @@ class CandidateScorer:
             raise _Invalid(f"the merged weights are not finite in {len(bad)} tensor(s), e.g. {bad[0]}")
         return self.suite.evaluate(self.lm, items=items)
 
+    def answer_adaptively(self, recipe) -> dict:
+        """Materializes ``recipe`` and tests it adaptively (``merge3.irt.adaptive``): its answers on the items
+        chosen for it."""
+        from .irt.adaptive import AdaptiveSettings, run_adaptive
+
+        self.answer(recipe, {})  # materialize (and check) only: no item asked yet
+        res = run_adaptive(self.calibration, self.spec.tasks, lambda want: self.suite.evaluate(self.lm, items=want),
+                           AdaptiveSettings(**self.spec.adaptive))
+        return res.responses
+
     def answer_model(self, path: str, items: dict[str, list[str]] | None = None) -> dict:
         """A model from disk (not merged) answers ``items`` (every item when None)."""
         lm = self.suite.wrap_model(path)
@@ -220,8 +233,10 @@ class CandidateScorer:
             recipe = self.recipe(job.x, job.seed)
         except (ValueError, KeyError, TypeError) as exc:
             raise _Invalid(f"{type(exc).__name__}: {exc}") from None
-        items = None if job.full_responses else self.fitness_items(job.anchors)
-        responses = self.answer(recipe, items)
+        if self.spec.adaptive is not None and not job.full_responses:
+            responses = self.answer_adaptively(recipe)
+        else:
+            responses = self.answer(recipe, None if job.full_responses else self.fitness_items(job.anchors))
         out.raw = {t: (sum(r.values()) / len(r) if r else None) for t, r in responses.items()}
         out.items_evaluated = sum(len(r) for r in responses.values())
         if job.full_responses or self.spec.fitness != "full":
@@ -242,8 +257,10 @@ def estimate_accuracy(fitness: str, estimator: str, responses: dict, calibration
         from .evaluation.lmeval import accuracy
 
         return accuracy(responses)
-    from .irt import estimate
+    from .irt import Anchors, estimate
 
+    if anchors is None:  # adaptive items: the estimator reads whichever items the candidate answered
+        anchors = Anchors.uniform({t: list(r) for t, r in responses.items()}, method="adaptive")
     name = "anchor" if fitness == "anchor" else estimator
     return {t: float(v) for t, v in estimate(name, responses, calibration, anchors).items()}
 

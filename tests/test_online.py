@@ -145,3 +145,39 @@ def test_resume_with_refresh_and_online_equals_uninterrupted(micro_world, tmp_pa
     assert sorted(map(key, res.evaluations)) == sorted(map(key, full.evaluations))
     assert [e["candidate"] for e in res.verified] == [e["candidate"] for e in full.verified]
     assert res.verification_items == full.verification_items  # nothing scored twice
+
+
+@pytest.mark.slow
+def test_adaptive_items_and_online_calibration_on_the_micro_world(micro_world, tmp_path):
+    """The real path in one process (lm-eval, merges, py-irt): candidates answer items chosen for them, each
+    generation's best is scored on every item and joins the calibration, and the driver's estimates use it."""
+    from merge3.scoring import CandidateScorer
+    from merge3.search.workers import InlinePool
+
+    cfg = yaml.safe_load((ROOT / "experiments" / "micro.yaml").read_text())
+    cfg["world"] = str(micro_world.root)
+    cfg["fitness"].update(anchors={"method": "adaptive", "n": 16, "target_sd": 0.04, "batch": 4},
+                          online_calibration={"top_k": 1}, verify_top_k=1,
+                          calibration_settings={"n_random_merges": 3, "irt": {"epochs": 200}})
+    cfg["algorithm"].update(pop_size=4, generations=2)
+    scorers = []
+
+    def inline(spec, workers, address=None, log=None):
+        scorers.append(CandidateScorer(spec))
+        return InlinePool(scorers[-1].score)
+
+    s = R.Search.create(cfg, run_dir=tmp_path / "run", progress=False, pool_factory=inline)
+    res = s.run()
+    assert res.done and all(r["status"] == "ok" for r in res.evaluations)
+    for r in res.evaluations:
+        counts = [len(v) for v in r["responses"].values()]
+        assert all(4 <= c <= 16 for c in counts) and r["items_evaluated"] == sum(counts)
+    assert len({tuple(sorted(r["responses"]["tw_arith_vl"])) for r in res.evaluations}) > 1  # chosen per candidate
+    online = [json.loads(x) for x in (tmp_path / "run" / "verified.jsonl").read_text().splitlines()]
+    assert [v["stage"] for v in online][:2] == ["online", "online"] and all(len(v["responses"]["tw_lang_vl"]) == 200
+                                                                            for v in online[:2])
+    assert s.fitness.added == [v["candidate"] for v in online[:2]]
+    # generation 1 was estimated with the calibration grown by generation 0's best: the workers' could not
+    g1 = next(r for r in res.evaluations if r["generation"] == 1)
+    worker_estimate = scorers[-1].estimate(g1["responses"])
+    assert any(abs(worker_estimate[t] - g1["objectives"][t]) > 1e-9 for t in cfg["tasks"])

@@ -59,12 +59,18 @@ class MergeSpace:
 
 @dataclass(frozen=True)
 class AnchorSettings:
-    method: str = key("random, irt_cluster or correctness_cluster (the latter two need a calibration)", "random")
-    n: int = key("anchor items per task", 20)
+    method: str = key("random, irt_cluster or correctness_cluster (the latter two need a calibration), or "
+                      "adaptive: items chosen per candidate by computerized adaptive testing (irt fitness; "
+                      "merge3.irt.adaptive)", "random")
+    n: int = key("anchor items per task (adaptive: the most items per task a candidate answers)", 20)
     seed: int | None = key("anchor selection seed (default: the run seed)", None)
     refresh: bool = key("draw a new anchor set for every generation (async dispatch: every batch) from a stream "
                         "seeded by (anchor seed, generation), so the population cannot specialise on one set of "
                         "items; generation 0 uses the anchors of refresh: false. Resume stays exact", False)
+    target_sd: float = key("adaptive only: a candidate stops answering once every task's estimated accuracy has "
+                           "this posterior standard deviation (0..1 scale) or less, or it answered n items per task",
+                           0.03)
+    batch: int = key("adaptive only: items per task chosen per step (one lm-eval call per step)", 4)
 
 
 @dataclass(frozen=True)
@@ -199,8 +205,10 @@ class SearchConfig:
         # keys added later leave the digests of runs that do not use them unchanged
         if keep["fitness"]["online_calibration"] == dataclasses.asdict(OnlineCalibration()):
             del keep["fitness"]["online_calibration"]
-        if not keep["fitness"]["anchors"]["refresh"]:
-            del keep["fitness"]["anchors"]["refresh"]
+        anchors = keep["fitness"]["anchors"]
+        for name, default in (("refresh", False), ("target_sd", 0.03), ("batch", 4)):
+            if anchors[name] == default:
+                del anchors[name]
         if keep["algorithm"]["dispatch"] == "generational":  # the default: digests from before the key stay valid
             keep["algorithm"] = {k: v for k, v in keep["algorithm"].items() if k != "dispatch"}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -371,7 +379,7 @@ def _check_fitness(fit: dict, seed: int, raw_fitness: dict, base_dir: Path | Non
     _one_of(fit["type"], FITNESS_TYPES, "fitness.type")
     _one_of(fit["estimator"], ESTIMATORS, "fitness.estimator")
     anc = fit["anchors"]
-    _one_of(anc["method"], ANCHOR_METHODS, "fitness.anchors.method")
+    _one_of(anc["method"], ANCHOR_METHODS + ("adaptive",), "fitness.anchors.method")
     _num(anc["n"], "fitness.anchors.n", 1, integer=True)
     if anc["seed"] is None:
         anc["seed"] = seed
@@ -389,6 +397,15 @@ def _check_fitness(fit: dict, seed: int, raw_fitness: dict, base_dir: Path | Non
         fit["calibration"] = str((base_dir / cal).resolve())
     if not isinstance(anc["refresh"], bool):
         raise ValueError(f"config key 'fitness.anchors.refresh': expected true or false, got {anc['refresh']!r}")
+    _num(anc["target_sd"], "fitness.anchors.target_sd", 0.0001, 0.9999)
+    _num(anc["batch"], "fitness.anchors.batch", 1, integer=True)
+    if anc["method"] == "adaptive":
+        if fit["type"] != "irt":
+            raise ValueError(f"config key 'fitness.anchors.method': adaptive chooses items with the IRT model and "
+                             f"needs fitness.type: irt, got {fit['type']}")
+        if anc["refresh"]:
+            raise ValueError("config key 'fitness.anchors.refresh': adaptive items are chosen per candidate "
+                             "already; refresh applies to fixed anchor sets")
     _num(fit["verify_top_k"], "fitness.verify_top_k", 0, integer=True)
     online = fit["online_calibration"]
     _num(online["top_k"], "fitness.online_calibration.top_k", 0, integer=True)

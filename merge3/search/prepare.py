@@ -26,7 +26,7 @@ def auto_calibration_config(cfg: SearchConfig) -> CalibrationConfig:
         "base": cfg.base, "endpoints": list(cfg.models), "tasks": list(cfg.tasks),
         "include_path": cfg.include_path, "n_random_merges": cs.n_random_merges, "genome": cfg.genome_config(),
         "irt": dict(cs.irt), "seed": cfg.seed, "eval": dict(cfg.evaluation),
-        "anchors": {"method": anc.method, "n": anc.n, "seed": anc.seed}})
+        "anchors": {"method": "random" if anc.method == "adaptive" else anc.method, "n": anc.n, "seed": anc.seed}})
 
 
 def ensure_calibration(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> str | None:
@@ -88,7 +88,8 @@ def prepare(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> tuple[ScorerSpe
     calibration = Calibration.load(cal_dir) if cal_dir else None
     saved = rd.read_anchor_items()
     anchors = None
-    if cfg.fitness.type != "full":
+    adaptive = cfg.fitness.anchors.method == "adaptive"
+    if cfg.fitness.type != "full" and not adaptive:
         if saved is not None and not cal_dir:
             anchors = Anchors.uniform(saved, method="random", seed=cfg.fitness.anchors.seed)
         else:
@@ -110,10 +111,17 @@ def prepare(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> tuple[ScorerSpe
     spec = ScorerSpec(base=cfg.base, models=list(cfg.models), genome=cfg.genome_config(), tasks=list(cfg.tasks),
                       include_path=cfg.include_path, evaluation=dict(cfg.evaluation), fitness=cfg.fitness.type,
                       estimator=cfg.fitness.estimator, calibration=cal_dir, anchors=anchors,
-                      cache_dir=str(rd.path.resolve()), **w.materializer_options())
+                      cache_dir=str(rd.path.resolve()), adaptive=adaptive_settings(cfg) if adaptive else None,
+                      **w.materializer_options())
     fitness = FitnessState(cfg, spec, lambda seed: choose_anchors(cfg, calibration, lambda t: suite().item_ids(t),
                                                                   seed), calibration)
     return spec, meta, fitness
+
+
+def adaptive_settings(cfg: SearchConfig) -> dict:
+    """merge3.irt.adaptive.AdaptiveSettings of an adaptive fitness."""
+    a = cfg.fitness.anchors
+    return {"target_sd": a.target_sd, "max_items": a.n, "min_items": min(a.batch, a.n), "batch": a.batch}
 
 
 def calibration_items(cfg: SearchConfig, cal_dir: str | None, n_items: dict) -> int:
