@@ -189,7 +189,7 @@ def main(argv=None) -> int:
                          "mae_le_2_with_ge_50x": any(r["mae"] <= 2 and r["cost_ratio"] >= 50 for r in rows
                                                      if r["anchors"] == method)}
     best20 = min((r for r in rows if r["anchors"] == "random" and r["n"] == 20), key=lambda r: r["mae"], default=None)
-    adaptive = sorted((r for r in rows if r["anchors"] == "adaptive"), key=lambda r: r["items_mean"])
+    adaptive = sorted((r for r in rows if r["anchors"] == "adaptive"), key=lambda r: (r["items_mean"], r["mae"]))
     as_good = next((r for r in adaptive if best20 and r["mae"] <= best20["mae"]), None)
     goals["adaptive"] = {
         "random20_best": best20 and {"estimator": best20["estimator"], "mae": best20["mae"]},
@@ -213,9 +213,12 @@ def main(argv=None) -> int:
             rs = {r["estimator"]: r for r in rows if r["n"] == n and r["anchors"] == method}
             print(f"{method:<20} {n:>4} {rs['anchor']['cost_ratio']:>6.1f} "
                   + " ".join(f"{rs[e]['mae']:>7.2f}" for e in ESTIMATORS))
-    for r in adaptive:
-        print(f"{'adaptive sd<=' + str(r['target_sd']):<20} {r['items_mean']:>4.0f} {r['cost_ratio']:>6.1f} "
-              f"{r['mae']:>7.2f}  (items per task, mean; estimator {r['estimator']})")
+    print("adaptive (n = items per task used, mean):")
+    for sd in sorted({r["target_sd"] for r in adaptive}, reverse=True):
+        rs = {r["estimator"]: r for r in adaptive if r["target_sd"] == sd}
+        first = next(iter(rs.values()))
+        print(f"{'sd <= ' + str(sd):<20} {first['items_mean']:>4.0f} {first['cost_ratio']:>6.1f} "
+              + " ".join(f"{rs[e]['mae']:>7.2f}" for e in ESTIMATORS))
     print(f"\ncalibration (one-off): {calibration['models']} models fully evaluated = {cal_items} items; "
           f"IRT fit {calibration['irt_fit_seconds']} s; paid back after "
           f"{calibration['break_even_candidates_at_n20']} candidates at n=20")
@@ -226,27 +229,35 @@ def main(argv=None) -> int:
 
 def adaptive_rows(cal, fulls, truth, tasks, n_full, a) -> list[dict]:
     """Adaptive testing of each held-out merge, its answers looked up in its stored full evaluation (the same
-    0/1 lm-eval gave for the item). ``n`` is the cap per task, ``items_mean`` the items per task it used."""
+    0/1 lm-eval gave for the item), then every estimator on the items it answered (``pirt`` is adaptive
+    testing's own estimate). ``n`` is the cap per task, ``items_mean`` the items per task it used."""
+    from merge3.irt import ESTIMATORS, Anchors, estimate
     from merge3.irt.adaptive import AdaptiveSettings, run_adaptive
 
     out = []
     for sd in [float(v) for v in a.target_sds.split(",") if v]:
         settings = AdaptiveSettings(target_sd=sd, max_items=a.adaptive_max)
-        errs, per_task, items = [], {t: [] for t in tasks}, []
+        errs = {e: [] for e in ESTIMATORS}
+        per_task = {e: {t: [] for t in tasks} for e in ESTIMATORS}
+        items = []
         for m, full in fulls.items():
             res = run_adaptive(cal, tasks, lambda want: {t: {i: full[t][i] for i in ids} for t, ids in want.items()},
                                settings)
             items.append(sum(res.items.values()))
-            for t in tasks:
-                err = 100 * abs(res.estimates[t] - truth[m][t])
-                errs.append(err)
-                per_task[t].append(err)
+            asked = Anchors.uniform({t: list(r) for t, r in res.responses.items()}, method="adaptive")
+            for e in ESTIMATORS:
+                est = estimate(e, res.responses, cal, asked)
+                for t in tasks:
+                    err = 100 * abs(est[t] - truth[m][t])
+                    errs[e].append(err)
+                    per_task[e][t].append(err)
         total = float(np.mean(items))
-        out.append({"estimator": "adaptive", "anchors": "adaptive", "n": a.adaptive_max, "target_sd": sd,
-                    "items_mean": round(total / len(tasks), 2), "anchors_total": round(total, 2),
-                    "cost_ratio": round(n_full / total, 2), "mae": round(float(np.mean(errs)), 3),
-                    "mae_sd_over_anchor_seeds": 0.0,
-                    "mae_per_task": {t: round(float(np.mean(v)), 3) for t, v in per_task.items()}})
+        for e in ESTIMATORS:
+            out.append({"estimator": e, "anchors": "adaptive", "n": a.adaptive_max, "target_sd": sd,
+                        "items_mean": round(total / len(tasks), 2), "anchors_total": round(total, 2),
+                        "cost_ratio": round(n_full / total, 2), "mae": round(float(np.mean(errs[e])), 3),
+                        "mae_sd_over_anchor_seeds": 0.0,
+                        "mae_per_task": {t: round(float(np.mean(v)), 3) for t, v in per_task[e].items()}})
     return out
 
 

@@ -1,17 +1,29 @@
-"""The MERGE³ claim, measured: search quality against evaluation cost, side by side in one run.
+"""The MERGE³ claim, measured: search quality against evaluation cost, side by side in one run, and what each
+defence against a fooled estimator buys (issue: a search its own estimator cannot fool).
 
-The same search (seed, genome, algorithm, population, number of candidates) runs with three fitness
-functions: (a) ``full``: accuracy on every item; (b) ``anchor``: raw accuracy on n random anchors per task;
-(c) ``irt``: an IRT estimator (default gmp-IRT) on the same anchors. Single objective (GA on the target
-task ``tw_arith_vl``) and multi-objective (NSGA-II on ``tw_arith_vl`` and ``tw_lang_vl``), several seeds.
+The same search (seed, genome, GA, population, number of candidates; single objective: the target task
+``tw_arith_vl``) runs with every fitness variant below, for several seeds:
 
-For each run: the true full-benchmark score of the best candidate found (single objective), the hypervolume
-of the true full-benchmark scores of the final front (multi-objective, reference point 0), items evaluated
-by the search (calibration counted separately, and once more included in a second ratio) and wall time.
-True scores of candidates chosen by (b) and (c) are measured by evaluating them fully here; those
-evaluations are the benchmark's measurement, not the search's cost.
+* ``full``: accuracy on every item (the reference);
+* ``anchor``: raw accuracy on n random anchors per task (MERGE³'s cheapest fitness);
+* ``irt``: an IRT estimator (default gmp-IRT) on the same fixed anchors;
+* ``irt+refresh``: a new anchor set per generation (``fitness.anchors.refresh``);
+* ``irt+online``: each generation's best by estimate scored on every item, told to the search, and added to
+  the calibration population (``fitness.online_calibration.top_k: 1``);
+* ``irt+refresh+online``: both;
+* ``irt+adaptive``: items chosen per candidate by adaptive testing (``fitness.anchors.method: adaptive``).
 
-    .venv/bin/python benchmarks/bench_search.py [--world small] [--seeds 0 1] [--n 20]
+Every variant except ``full`` verifies its 3 best candidates by estimate on every item when it ends
+(``fitness.verify_top_k``); the search's pick is the best verified one. Per run: the true score of that pick,
+the true score of the best candidate by estimate alone, |estimate - true| over its 3 best by estimate (what a
+user would read without verification), and items evaluated: by the search, and by verification and online
+calibration (counted in the cost; the one-off calibration is reported separately). True scores of candidates
+are measured here by scoring them on every item (the benchmark's measurement, not the search's cost).
+
+Searches run in this process (one in-process scorer per run, no Ray), so the figures are the search's, not
+the cluster's:
+
+    .venv/bin/python benchmarks/bench_search.py [--world small] [--seeds 0 1 2 3 4] [--n 20]
 
 Prints tables, writes benchmarks/results/search.json and benchmarks/results/search_convergence.png.
 """
@@ -25,42 +37,67 @@ import shutil
 import time
 from pathlib import Path
 
+import yaml
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-RESULTS = Path(__file__).parent / "results"
-TARGET, LANG = "tw_arith_vl", "tw_lang_vl"
-FITNESSES = ("full", "anchor", "irt")
-# One genome for the calibration, every search and the re-scoring of their candidates.
-GENOME = {"method": "dare_ties", "parameters": {"weight": [0.0, 1.0], "density": [0.1, 1.0]}}
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TARGET = "tw_arith_vl"
+VERIFY_K = 3
+# fitness settings of each variant (merged into the search config's fitness section)
+VARIANTS = {
+    "full": {"type": "full"},
+    "anchor": {"type": "anchor"},
+    "irt": {"type": "irt"},
+    "irt+refresh": {"type": "irt", "anchors": {"refresh": True}},
+    "irt+online": {"type": "irt", "online_calibration": {"top_k": 1}},
+    "irt+refresh+online": {"type": "irt", "anchors": {"refresh": True}, "online_calibration": {"top_k": 1}},
+    "irt+adaptive": {"type": "irt", "anchors": {"method": "adaptive", "n": 40, "target_sd": 0.04}},
+}
+HEADLINE = "irt+refresh+online"  # the summary's IRT search: the defences on
 
 
-def search_config(world: str, mode: str, fitness: str, seed: int, args, calibration: Path) -> dict:
-    tasks = [TARGET] if mode == "single" else [TARGET, LANG]
-    fit = {"type": fitness}
-    if fitness != "full":
-        fit["anchors"] = {"method": "random", "n": args.n, "seed": seed}
-    if fitness == "irt":
+def _demo_genome() -> dict:
+    """The demo's search space (experiments/demo.yaml), whose random merges span the target's range."""
+    merge = yaml.safe_load((ROOT / "experiments" / "demo.yaml").read_text())["merge"]
+    return {k: merge[k] for k in ("method", "parameters", "filters", "layer_granularity") if k in merge}
+
+
+GENOME = _demo_genome()
+MODELS = ["math_en", "lang_vl", "facts_en"]
+
+
+def search_config(world: str, variant: str, seed: int, args, calibration: Path) -> dict:
+    v = json.loads(json.dumps(VARIANTS[variant]))
+    fit = {"type": v.pop("type")}
+    if fit["type"] != "full":
+        fit["anchors"] = {"method": "random", "n": args.n, "seed": seed, **v.pop("anchors", {})}
+        fit["verify_top_k"] = VERIFY_K
+        fit.update(v)
+    if fit["type"] == "irt":
         fit.update(estimator=args.estimator, calibration=str(calibration))
     return {
-        "name": f"{mode}-{fitness}-s{seed}", "seed": seed, "world": world, "base": "base",
-        "models": ["math_en", "lang_vl", "facts_en"], "tasks": tasks,
-        "objectives": {"mode": "per_task"},
-        "merge": GENOME,
-        "fitness": fit,
-        "algorithm": {"name": "ga" if mode == "single" else "nsga2", "pop_size": args.pop,
-                      "generations": args.generations},
+        "name": f"{variant}-s{seed}", "seed": seed, "world": world, "base": "base", "models": MODELS,
+        "tasks": [TARGET], "objectives": {"mode": "per_task"}, "merge": GENOME, "fitness": fit,
+        "algorithm": {"name": "ga", "pop_size": args.pop, "generations": args.generations},
         "evaluation": {"batch_size": 64, "device": "cpu"},
-        "workers": {"num_workers": args.workers, "cpus_per_worker": 1, "local_cpus": args.workers},
     }
 
 
 def calibration_config(world: str, args) -> dict:
-    return {"world": world, "n_random_merges": args.n_cal, "seed": 0,
-            "genome": GENOME,
+    return {"world": world, "n_random_merges": args.n_cal, "seed": 0, "genome": GENOME,
             "irt": {"model_type": "multidim_2pl", "dim": 3, "epochs": args.epochs},
             "eval": {"device": "cpu", "batch_size": 64}}
+
+
+def inline_pool(spec, workers, address=None, log=None):
+    """The run's candidates scored in this process (one scorer per run)."""
+    from merge3.scoring import CandidateScorer
+    from merge3.search.workers import InlinePool
+
+    return InlinePool(CandidateScorer(spec).score)
 
 
 class TrueScorer:
@@ -86,8 +123,9 @@ class TrueScorer:
         return self.cache[key]
 
 
-def true_of(rec: dict, fitness: str, scorer: TrueScorer, tasks: list[str]) -> dict[str, float]:
-    if fitness == "full":
+def true_of(rec: dict, variant: str, scorer: TrueScorer, tasks: list[str] = (TARGET,)) -> dict[str, float]:
+    tasks = list(tasks)
+    if variant == "full":
         return {t: rec["objectives"][t] for t in tasks}  # a full-evaluation fitness is the true score
     return scorer.score(rec["genome"], rec["seed"], tasks)
 
@@ -104,29 +142,17 @@ def convergence(records: list[dict], fitness: str, scorer: TrueScorer) -> list[t
     return points
 
 
-def hypervolume(points: list[tuple[float, float]]) -> float:
-    import numpy as np
-    from pymoo.indicators.hv import HV
-
-    return float(HV(ref_point=np.zeros(2))(-np.array(points))) if points else 0.0
-
-
-def pareto(points):
-    return [p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--world", default="small")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--n", type=int, default=20, help="anchors per task for (b) and (c)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--n", type=int, default=20, help="anchors per task")
     ap.add_argument("--pop", type=int, default=8)
-    ap.add_argument("--generations", type=int, default=4)
+    ap.add_argument("--generations", type=int, default=6)
     ap.add_argument("--estimator", default="gmpirt")
     ap.add_argument("--n-cal", type=int, default=20, help="random merges in the calibration population")
     ap.add_argument("--epochs", type=int, default=400)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--modes", nargs="+", default=["single", "multi"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--work", default=None, help="scratch directory (default $MERGE3_HOME/bench_search)")
     args = ap.parse_args()
 
@@ -139,62 +165,71 @@ def main() -> None:
     work = Path(args.work or default_cache() / "bench_search" / f"{world.spec.size}-{world.spec.digest()}")
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    cal_dir = work / f"calibration-{args.n_cal}-{args.epochs}"
+    cal_dir = work / f"calibration-{args.n_cal}-{args.epochs}-{len(GENOME.get('filters', []))}"
     if not (cal_dir / "calibration.json").exists():
         calibrate(calibration_config(str(world.root), args), cal_dir)
     cal = Calibration.load(cal_dir)
-    cal_items = int(cal.cost.get("items_evaluated", 0))
-    cal_seconds = time.time() - t0
-    print(f"calibration: {cal_dir} ({cal_items} items evaluated, {cal_seconds:.0f} s)")
+    cal_items = int(cal.cost.get("items_total", 0))
+    print(f"calibration: {cal_dir} ({cal_items} items evaluated, {time.time() - t0:.0f} s)", flush=True)
 
-    scorer = TrueScorer(world, ["math_en", "lang_vl", "facts_en"])
+    scorer = TrueScorer(world, MODELS)
     runs = []
-    for mode in args.modes:
-        tasks = [TARGET] if mode == "single" else [TARGET, LANG]
-        for seed in args.seeds:
-            for fitness in FITNESSES:
-                cfg = search_config(str(world.root), mode, fitness, seed, args, cal_dir)
-                run_dir = work / "runs" / cfg["name"]
-                shutil.rmtree(run_dir, ignore_errors=True)
-                res = run(cfg, run_dir=run_dir, progress=False)
-                ok = [r for r in res.evaluations if r["status"] == "ok"]
-                row = {"mode": mode, "seed": seed, "fitness": fitness, "evaluations": res.n_evaluations,
-                       "items_evaluated": res.items_evaluated, "verification_items": res.verification_items,
-                       "wall_seconds": round(res.wall_seconds, 1)}
-                if mode == "single":
-                    best = max(ok, key=lambda r: r["objectives"][TARGET])
-                    row["best_estimated"] = best["objectives"][TARGET]
-                    row["best_true"] = true_of(best, fitness, scorer, [TARGET])[TARGET]
-                    row["best_candidate"] = {"genome": best["genome"], "seed": best["seed"]}
-                    # the search's own pick after verifying its top candidates on every item (fitness.verify_top_k)
-                    row["best_verified_true"] = res.verified[0]["verified"][TARGET] if res.verified else row["best_true"]
-                    row["curve"] = convergence(res.evaluations, fitness, scorer)
-                else:
-                    true_pts = [tuple(true_of(r, fitness, scorer, tasks)[t] for t in tasks) for r in res.front]
-                    row["front_size"] = len(res.front)
-                    row["hypervolume_true"] = hypervolume(pareto(true_pts))
-                    row["front_true"] = true_pts
-                runs.append(row)
-                write_partial(runs, work)
-                print(f"{mode:6} seed {seed} {fitness:6}: items {row['items_evaluated']:>7}  "
-                      + (f"best true {row['best_true']:.3f} (est {row['best_estimated']:.3f})" if mode == "single"
-                         else f"HV(true front) {row['hypervolume_true']:.4f}")
-                      + f"  {row['wall_seconds']} s", flush=True)
+    for seed in args.seeds:
+        for variant in args.variants:
+            cfg = search_config(str(world.root), variant, seed, args, cal_dir)
+            run_dir = work / "runs" / cfg["name"]
+            shutil.rmtree(run_dir, ignore_errors=True)
+            res = run(cfg, run_dir=run_dir, progress=False, pool_factory=inline_pool)
+            runs.append(measure(variant, seed, res, scorer))
+            write_partial(runs, work)
+            r = runs[-1]
+            print(f"seed {seed} {variant:20}: items {r['items_evaluated']:>6} + {r['verification_items']:>5}  "
+                  f"pick {r['best_verified_true']:.3f}  best-by-estimate {r['best_by_estimate_true']:.3f} "
+                  f"(est {r['best_estimated']:.3f})  |est-true| {r['front_abs_error']:.3f}  {r['wall_seconds']} s",
+                  flush=True)
 
-    summary = summarize(runs, cal_items)
+    ablation = [summarize(runs, v, cal_items) for v in args.variants if v != "full"]
+    headline = next((a for a in ablation if a["variant"] == HEADLINE), ablation[0] if ablation else {})
+    raw = next((a for a in ablation if a["variant"] == "anchor"), None)
+    summary = {k: headline.get(k) for k in ("variant", "quality_ratio", "cost_ratio", "cost_ratio_with_calibration",
+                                            "vs_raw_anchors_points", "front_abs_error_mean")}
+    summary.update(seeds=args.seeds, search_only_cost_ratio=headline.get("search_only_cost_ratio"),
+                   raw_anchor_quality_ratio=raw and raw["quality_ratio"],
+                   goal_quality_98pct=bool((headline.get("quality_ratio") or 0) >= 0.98),
+                   goal_cost_50x=bool((headline.get("cost_ratio") or 0) >= 50),
+                   goal_beats_raw_anchors=bool((headline.get("vs_raw_anchors_points") or -1) > 0),
+                   goal_front_error_le_3=bool((headline.get("front_abs_error_mean") or 99) <= 3))
     paper = paper_table(world, scorer, runs)
-    out = {"world": world.spec.size, "world_hash": world.spec.digest(), "n_anchors": args.n,
-           "estimator": args.estimator, "pop_size": args.pop, "generations": args.generations,
-           "seeds": args.seeds, "calibration": {"items_evaluated": cal_items, "seconds": round(cal_seconds, 1),
-                                                "n_random_merges": args.n_cal},
-           "summary": summary, "runs": runs, "paper_table": paper,
+    out = {"world": world.spec.size, "world_hash": world.spec.digest(), "target": TARGET, "genome": GENOME,
+           "n_anchors": args.n, "estimator": args.estimator, "pop_size": args.pop, "generations": args.generations,
+           "verify_top_k": VERIFY_K, "seeds": args.seeds,
+           "calibration": {"items_evaluated": cal_items, "n_random_merges": args.n_cal},
+           "summary": summary, "ablation": ablation, "runs": runs, "paper_table": paper,
            "command": "python benchmarks/bench_search.py " + " ".join(
                f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
                for k, v in vars(args).items() if k != "work")}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "search.json").write_text(json.dumps(out, indent=1) + "\n")
     plot(runs, RESULTS / "search_convergence.png")
-    print_tables(summary, paper)
+    print_tables(summary, ablation, paper)
+
+
+def measure(variant: str, seed: int, res, scorer) -> dict:
+    """One run's figures; true scores from every item."""
+    from merge3.search.front import best_by_estimate
+
+    ok = [r for r in res.evaluations if r["status"] == "ok"]
+    top = best_by_estimate(ok, VERIFY_K)
+    true_top = [true_of(r, variant, scorer)[TARGET] for r in top]
+    verified = [v for v in res.verified if v.get("verified")]
+    pick = verified[0]["verified"][TARGET] if verified else true_top[0]
+    return {"variant": variant, "seed": seed, "evaluations": res.n_evaluations,
+            "items_evaluated": res.items_evaluated, "verification_items": res.verification_items,
+            "wall_seconds": round(res.wall_seconds, 1), "best_estimated": top[0]["objectives"][TARGET],
+            "best_by_estimate_true": true_top[0], "best_verified_true": pick,
+            "front_abs_error": sum(abs(r["objectives"][TARGET] - t) for r, t in zip(top, true_top)) / len(top),
+            "best_candidate": {"genome": top[0]["genome"], "seed": top[0]["seed"]},
+            "curve": convergence(res.evaluations, variant, scorer)}
 
 
 def write_partial(runs: list[dict], work: Path) -> None:
@@ -202,64 +237,55 @@ def write_partial(runs: list[dict], work: Path) -> None:
     (work / "runs_partial.json").write_text(json.dumps(runs, indent=1) + "\n")
 
 
-def summarize(runs: list[dict], cal_items: int) -> dict:
+def summarize(runs: list[dict], variant: str, cal_items: int) -> dict:
+    """One ablation row: the variant against the full-fitness search and raw anchors of the same seeds."""
     import numpy as np
 
-    def mean(mode, fitness, key):
-        vals = [r[key] for r in runs if r["mode"] == mode and r["fitness"] == fitness]
+    def mean(v, key):
+        vals = [r[key] for r in runs if r["variant"] == v]
         return float(np.mean(vals)) if vals else None
 
-    s: dict = {}
-    for mode, key in (("single", "best_true"), ("multi", "hypervolume_true")):
-        for f in FITNESSES:
-            s[f"{mode}_{f}_{key}"] = mean(mode, f, key)
-            s[f"{mode}_{f}_items"] = mean(mode, f, "items_evaluated")
-            s[f"{mode}_{f}_verification_items"] = mean(mode, f, "verification_items")
-            s[f"{mode}_{f}_seconds"] = mean(mode, f, "wall_seconds")
-            if mode == "single":
-                s[f"single_{f}_best_verified_true"] = mean(mode, f, "best_verified_true")
-    a, c = s.get("single_full_best_true"), s.get("single_irt_best_true")
-    ia, ic = s.get("single_full_items"), s.get("single_irt_items")
-    if a and c is not None:
-        s["quality_ratio"] = c / a
-        s["quality_ratio_verified"] = s["single_irt_best_verified_true"] / a
-    if ia and ic:
-        s["cost_ratio"] = ia / ic
-        s["cost_ratio_with_calibration"] = ia / (ic + cal_items)
-        s["cost_ratio_with_verification"] = ia / (ic + (s.get("single_irt_verification_items") or 0))
-    if s.get("single_anchor_best_true") is not None and c is not None:
-        s["irt_minus_anchor_best_true"] = c - s["single_anchor_best_true"]
-    ha, hc = s.get("multi_full_hypervolume_true"), s.get("multi_irt_hypervolume_true")
-    if ha and hc is not None:
-        s["hypervolume_ratio"] = hc / ha
-    s["goal_quality_98pct"] = bool(s.get("quality_ratio", 0) >= 0.98)
-    s["goal_cost_50x"] = bool(s.get("cost_ratio", 0) >= 50)
-    s["goal_beats_anchor"] = bool(s.get("irt_minus_anchor_best_true", -1) > 0)
-    return s
+    full_true, full_items = mean("full", "best_verified_true"), mean("full", "items_evaluated")
+    items, extra = mean(variant, "items_evaluated"), mean(variant, "verification_items")
+    row = {"variant": variant, "mechanisms": VARIANTS[variant], "best_verified_true": mean(variant, "best_verified_true"),
+           "best_by_estimate_true": mean(variant, "best_by_estimate_true"), "items": items,
+           "verification_items": extra, "front_abs_error_mean": 100 * mean(variant, "front_abs_error"),
+           "seconds": mean(variant, "wall_seconds")}
+    if full_true:
+        row["quality_ratio"] = row["best_verified_true"] / full_true
+        row["quality_ratio_unverified"] = row["best_by_estimate_true"] / full_true
+    if full_items and items:
+        row["cost_ratio"] = full_items / (items + extra)
+        row["search_only_cost_ratio"] = full_items / items
+        row["cost_ratio_with_calibration"] = full_items / (items + extra + cal_items)
+    raw = mean("anchor", "best_verified_true")
+    if raw is not None:
+        row["vs_raw_anchors_points"] = 100 * (row["best_verified_true"] - raw)
+    return row
 
 
 def paper_table(world, scorer: TrueScorer, runs: list[dict]) -> list[dict]:
-    """Every task: endpoints, uniform merge, and the best merge each fitness found (seed with the best)."""
+    """Every task: the endpoints, the uniform merge, and the pick of the best seed of each variant."""
     from merge3.evaluation.lmeval import accuracy
     from merge3.merging.recipe import MergeRecipe
 
     rows = []
     tasks = world.task_names
     s = scorer.scorer
-    for name in ["base", "math_en", "lang_vl", "facts_en"]:
+    for name in ["base", *MODELS]:
         acc = accuracy(s.answer_model(str(world.model(name))))
         rows.append({"model": name, **{t: acc[t] for t in tasks}})
     n = len(s.spec.models)
     acc = accuracy(s.answer(MergeRecipe(method="task_arithmetic", base_model=str(world.base), models=s.spec.models,
                                         parameters={"lambda": 1.0}, model_parameters=[{"weight": 1 / n}] * n)))
     rows.append({"model": "uniform task arithmetic", **{t: acc[t] for t in tasks}})
-    for f in FITNESSES:
-        single = [r for r in runs if r["mode"] == "single" and r["fitness"] == f]
-        if not single:
+    for v in ("full", "anchor", HEADLINE):
+        these = [r for r in runs if r["variant"] == v]
+        if not these:
             continue
-        best = max(single, key=lambda r: r["best_true"])
+        best = max(these, key=lambda r: r["best_by_estimate_true"])
         full = scorer.score(best["best_candidate"]["genome"], best["best_candidate"]["seed"], tasks)
-        rows.append({"model": f"best merge, fitness {f} (seed {best['seed']})", **full,
+        rows.append({"model": f"best merge, {v} (seed {best['seed']})", **full,
                      "estimated_target": best["best_estimated"]})
     return rows
 
@@ -270,27 +296,37 @@ def plot(runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"full": "tab:blue", "anchor": "tab:orange", "irt": "tab:green"}
+    colors = dict(zip(VARIANTS, ["tab:blue", "tab:orange", "tab:green", "tab:olive", "tab:purple", "tab:red",
+                                 "tab:brown"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    seen = set()
     for r in runs:
-        if r["mode"] != "single" or not r["curve"]:
+        if not r["curve"]:
             continue
         x, y = zip(*r["curve"])
-        ax.step(x, y, where="post", color=colors[r["fitness"]], alpha=0.8,
-                label=f"{r['fitness']}" if r["seed"] == runs[0]["seed"] else None)
+        ax.step(x, y, where="post", color=colors[r["variant"]], alpha=0.7,
+                label=None if r["variant"] in seen else r["variant"])
+        seen.add(r["variant"])
     ax.set_xscale("log")
-    ax.set_xlabel("items evaluated by the search (log)")
-    ax.set_ylabel(f"true {TARGET} accuracy of best-so-far")
-    ax.set_title("Search convergence: full vs raw anchors vs IRT estimate")
-    ax.legend()
+    ax.set_xlabel("items evaluated by the search (log; verification not included)")
+    ax.set_ylabel(f"true {TARGET} accuracy of the best-so-far by estimate")
+    ax.set_title("Search convergence by fitness variant")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
-def print_tables(summary: dict, paper: list[dict]) -> None:
+def print_tables(summary: dict, ablation: list[dict], paper: list[dict]) -> None:
+    print("\nablation (means over seeds; quality = best verified true / full search's best true)")
+    print(f"{'variant':<22}{'quality':>9}{'unverified':>11}{'cost x':>8}{'search x':>9}{'|est-true|':>11}"
+          f"{'vs raw':>8}")
+    for a in ablation:
+        print(f"{a['variant']:<22}{a.get('quality_ratio', 0):>9.3f}{a.get('quality_ratio_unverified', 0):>11.3f}"
+              f"{a.get('cost_ratio', 0):>8.1f}{a.get('search_only_cost_ratio', 0):>9.1f}"
+              f"{a['front_abs_error_mean']:>11.2f}{a.get('vs_raw_anchors_points', 0):>8.2f}")
     print("\nsummary")
     for k, v in summary.items():
-        print(f"  {k:40} {v:.4f}" if isinstance(v, float) else f"  {k:40} {v}")
+        print(f"  {k:32} {v:.4f}" if isinstance(v, float) else f"  {k:32} {v}")
     tasks = [k for k in paper[0] if k.startswith("tw_")]
     print("\n" + f"{'model':<40}" + "".join(f"{t:>13}" for t in tasks))
     for r in paper:
