@@ -181,3 +181,17 @@ def test_adaptive_items_and_online_calibration_on_the_micro_world(micro_world, t
     g1 = next(r for r in res.evaluations if r["generation"] == 1)
     worker_estimate = scorers[-1].estimate(g1["responses"])
     assert any(abs(worker_estimate[t] - g1["objectives"][t]) > 1e-9 for t in cfg["tasks"])
+
+
+def test_refresh_with_async_dispatch_draws_per_batch(micro_world, tmp_path):
+    from merge3.search.testing import ordered_pool
+
+    cfg = synth_cfg(micro_world, anchors={"n": 5, "refresh": True})
+    cfg["algorithm"]["dispatch"] = "async"
+    fit = Recording(cfg["tasks"])
+    res = R.run(cfg, run_dir=tmp_path / "a", progress=False, pool_factory=ordered_pool(fit, 3))
+    assert res.done and res.n_evaluations == 16
+    by_batch = {}
+    for (b, _), a in fit.anchors.items():
+        by_batch.setdefault(b, set()).add(json.dumps(a and a.items, sort_keys=True))
+    assert all(len(v) == 1 for v in by_batch.values()) and len(set().union(*by_batch.values())) == len(by_batch) > 2
