@@ -57,6 +57,7 @@ class Score:
     objectives: dict | None = None        # task -> estimated (or measured) accuracy
     raw: dict | None = None               # task -> plain accuracy on the items answered
     responses: dict | None = None         # task -> item id -> 0/1
+    test: dict | None = None              # task -> accuracy on the held-out test items (full_responses jobs)
     items_evaluated: int = 0
     seconds: float = 0.0
     worker: str | None = None
@@ -81,6 +82,7 @@ class ScorerSpec:
     calibration: str | None = None    # calibration directory (irt fitness, or anchors chosen with one)
     anchors: object = None            # merge3.irt.Anchors, when the fitness uses fixed anchors
     adaptive: dict | None = None      # merge3.irt.adaptive.AdaptiveSettings: items chosen per candidate instead
+    test_items: dict | None = None    # task -> held-out item ids: kept out of responses, scored apart
     device: str | None = None
     dtype: str | None = None
     offload_task_vectors: bool = False
@@ -187,7 +189,7 @@ class CandidateScorer:
 
         self.answer(recipe, {})  # materialize (and check) only: no item asked yet
         res = run_adaptive(self.calibration, self.spec.tasks, lambda want: self.suite.evaluate(self.lm, items=want),
-                           AdaptiveSettings(**self.spec.adaptive))
+                           AdaptiveSettings(**self.spec.adaptive), exclude=self.spec.test_items)
         return res.responses
 
     def answer_model(self, path: str, items: dict[str, list[str]] | None = None) -> dict:
@@ -237,8 +239,11 @@ class CandidateScorer:
             responses = self.answer_adaptively(recipe)
         else:
             responses = self.answer(recipe, None if job.full_responses else self.fitness_items(job.anchors))
-        out.raw = {t: (sum(r.values()) / len(r) if r else None) for t, r in responses.items()}
         out.items_evaluated = sum(len(r) for r in responses.values())
+        if job.full_responses and self.spec.test_items:  # every item answered; the held-out ones kept apart
+            responses, held_out = split_responses(responses, self.spec.test_items)
+            out.test = {t: (sum(r.values()) / len(r) if r else None) for t, r in held_out.items()}
+        out.raw = {t: (sum(r.values()) / len(r) if r else None) for t, r in responses.items()}
         if job.full_responses or self.spec.fitness != "full":
             out.responses = responses
         if job.full_responses:
@@ -248,6 +253,16 @@ class CandidateScorer:
         if bad:
             raise ValueError(f"no finite estimate for task(s) {bad}")
         out.objectives = {t: float(est[t]) for t in self.spec.tasks}
+
+
+def split_responses(responses: dict, test_items: dict) -> tuple[dict, dict]:
+    """(answers on the search's items, answers on the held-out test items), per task."""
+    search, test = {}, {}
+    for t, r in responses.items():
+        held = set(test_items.get(t, ()))
+        search[t] = {i: y for i, y in r.items() if i not in held}
+        test[t] = {i: y for i, y in r.items() if i in held}
+    return search, test
 
 
 def estimate_accuracy(fitness: str, estimator: str, responses: dict, calibration, anchors) -> dict[str, float]:

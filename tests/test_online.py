@@ -157,7 +157,7 @@ def test_adaptive_items_and_online_calibration_on_the_micro_world(micro_world, t
     cfg = yaml.safe_load((ROOT / "experiments" / "micro.yaml").read_text())
     cfg["world"] = str(micro_world.root)
     cfg["fitness"].update(anchors={"method": "adaptive", "n": 16, "target_sd": 0.04, "batch": 4},
-                          online_calibration={"top_k": 1}, verify_top_k=1,
+                          online_calibration={"top_k": 1}, verify_top_k=1, test_fraction=0.25,
                           calibration_settings={"n_random_merges": 3, "irt": {"epochs": 200}})
     cfg["algorithm"].update(pop_size=4, generations=2)
     scorers = []
@@ -169,13 +169,21 @@ def test_adaptive_items_and_online_calibration_on_the_micro_world(micro_world, t
     s = R.Search.create(cfg, run_dir=tmp_path / "run", progress=False, pool_factory=inline)
     res = s.run()
     assert res.done and all(r["status"] == "ok" for r in res.evaluations)
+    held_out = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert all(len(v) == 50 for v in held_out.values())  # 25% of 200 items per task
     for r in res.evaluations:
         counts = [len(v) for v in r["responses"].values()]
         assert all(4 <= c <= 16 for c in counts) and r["items_evaluated"] == sum(counts)
+        assert not any(set(r["responses"][t]) & set(held_out[t]) for t in held_out)
     assert len({tuple(sorted(r["responses"]["tw_arith_vl"])) for r in res.evaluations}) > 1  # chosen per candidate
     online = [json.loads(x) for x in (tmp_path / "run" / "verified.jsonl").read_text().splitlines()]
-    assert [v["stage"] for v in online][:2] == ["online", "online"] and all(len(v["responses"]["tw_lang_vl"]) == 200
-                                                                            for v in online[:2])
+    assert [v["stage"] for v in online][:2] == ["online", "online"]
+    for v in online:  # scored on every item; the held-out ones kept apart, out of the calibration's answers
+        assert v["items_evaluated"] == 400 and set(v["test"]) == set(cfg["tasks"])
+        assert all(len(v["responses"][t]) == 150 and not set(v["responses"][t]) & set(held_out[t])
+                   for t in held_out) if "responses" in v else True
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert all("test_objectives" in e for e in result["verified"])
     assert s.fitness.added == [v["candidate"] for v in online[:2]]
     # generation 1 was estimated with the calibration grown by generation 0's best: the workers' could not
     g1 = next(r for r in res.evaluations if r["generation"] == 1)
@@ -195,3 +203,19 @@ def test_refresh_with_async_dispatch_draws_per_batch(micro_world, tmp_path):
     for (b, _), a in fit.anchors.items():
         by_batch.setdefault(b, set()).add(json.dumps(a and a.items, sort_keys=True))
     assert all(len(v) == 1 for v in by_batch.values()) and len(set().union(*by_batch.values())) == len(by_batch) > 2
+
+
+def test_held_out_items_are_never_anchors_nor_asked(sim):
+    from merge3.irt.adaptive import AdaptiveSettings, run_adaptive
+
+    params, store, thetas = sim
+    cal = Calibration(params, {m: thetas[m] for m in store.models()}, ["e0", "e1", "e2"], base="base", store=store)
+    held = {t: [params.item_ids[r] for r in params.rows(t)[::3]] for t in ("ta", "tb")}
+    for method in ("random", "irt_cluster", "correctness_cluster"):
+        a = select_anchors(method, 20, cal, seed=1, exclude=held)
+        assert all(len(a.items[t]) == 20 and not set(a.items[t]) & set(held[t]) for t in held)
+    resp = sample_responses(params, thetas["e1"], np.random.default_rng(2))
+    res = run_adaptive(cal, ["ta", "tb"], lambda want: {t: {i: resp[t][i] for i in v} for t, v in want.items()},
+                       AdaptiveSettings(target_sd=0.001, max_items=300), exclude=held)
+    assert all(not set(res.responses[t]) & set(held[t]) for t in held)
+    assert all(res.items[t] == 400 - len(held[t]) for t in held)  # every askable item, and no other

@@ -51,8 +51,10 @@ class AdaptiveResult:
     items: dict[str, int] = field(default_factory=dict)
 
 
-def run_adaptive(calibration, tasks: list[str], answer, settings: AdaptiveSettings | None = None) -> AdaptiveResult:
-    """Tests one candidate adaptively. ``answer({task: [item ids]}) -> {task: {item id: 0/1}}`` evaluates it."""
+def run_adaptive(calibration, tasks: list[str], answer, settings: AdaptiveSettings | None = None,
+                 exclude: dict[str, list[str]] | None = None) -> AdaptiveResult:
+    """Tests one candidate adaptively. ``answer({task: [item ids]}) -> {task: {item id: 0/1}}`` evaluates it;
+    ``exclude``: item ids per task never asked (a held-out test split)."""
     s = settings or AdaptiveSettings()
     params = calibration.item_params
     rows = {t: params.rows(t) for t in tasks}
@@ -60,6 +62,8 @@ def run_adaptive(calibration, tasks: list[str], answer, settings: AdaptiveSettin
     prior_mean = np.broadcast_to(np.asarray(calibration.ability_prior_mean, dtype=np.float64), (params.dim,))
     prior_prec = 1.0 / calibration.ability_prior_sd ** 2
     asked = {t: np.zeros(len(rows[t]), dtype=bool) for t in tasks}
+    # never asked: a held-out split (marked as not askable; the estimate still covers every item)
+    barred = {t: np.isin(ids[t], list((exclude or {}).get(t, ()))) for t in tasks}
     answers: dict[str, dict[str, int]] = {t: {} for t in tasks}
     theta = prior_mean.copy()
     steps = 0
@@ -67,10 +71,10 @@ def run_adaptive(calibration, tasks: list[str], answer, settings: AdaptiveSettin
         sigma, grads = _posterior(params, rows, asked, theta, prior_prec, tasks)
         sd = {t: float(np.sqrt(max(grads[t] @ sigma @ grads[t], 0.0))) for t in tasks}
         open_tasks = [t for t in tasks if asked[t].sum() < s.max_items
-                      and (asked[t].sum() < s.min_items or sd[t] > s.target_sd) and not asked[t].all()]
+                      and (asked[t].sum() < s.min_items or sd[t] > s.target_sd) and not (asked[t] | barred[t]).all()]
         if not open_tasks:
             break
-        want = _choose(params, rows, asked, theta, sigma, grads, open_tasks, s)
+        want = _choose(params, rows, asked, barred, theta, sigma, grads, open_tasks, s)
         got = answer({t: [ids[t][j] for j in js] for t, js in want.items()})
         for t, js in want.items():
             for j in js:
@@ -104,11 +108,11 @@ def _posterior(params, rows, asked, theta, prior_prec, tasks):
     return np.linalg.inv(info), grads
 
 
-def _choose(params, rows, asked, theta, sigma, grads, open_tasks, s: AdaptiveSettings) -> dict[str, list[int]]:
+def _choose(params, rows, asked, barred, theta, sigma, grads, open_tasks, s: AdaptiveSettings) -> dict[str, list[int]]:
     """Up to ``s.batch`` items per open task, greedily by the reduction of sum_t v_t, Sigma updated per pick."""
     picks = {t: [] for t in open_tasks}
     G = np.column_stack([grads[t] for t in grads])          # d x T
-    cand = {t: np.flatnonzero(~asked[t]) for t in open_tasks}
+    cand = {t: np.flatnonzero(~(asked[t] | barred[t])) for t in open_tasks}
     wts = {}
     for t in open_tasks:
         z = params.alpha[rows[t]] @ theta - params.beta[rows[t]]

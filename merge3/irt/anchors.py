@@ -68,8 +68,10 @@ class Anchors:
         return a
 
 
-def select_anchors(method: str, n: int, calibration, seed: int = 0, tasks: list[str] | None = None) -> Anchors:
-    """``n`` anchors per task (all items when a task has fewer) by ``method``; deterministic given ``seed``."""
+def select_anchors(method: str, n: int, calibration, seed: int = 0, tasks: list[str] | None = None,
+                   exclude: dict[str, list[str]] | None = None) -> Anchors:
+    """``n`` anchors per task (all items when a task has fewer) by ``method``; deterministic given ``seed``.
+    ``exclude``: item ids per task never chosen (a held-out test split)."""
     if method not in METHODS:
         raise ValueError(f"unknown anchor method {method!r}: expected one of {', '.join(METHODS)}")
     if int(n) < 1:
@@ -80,6 +82,9 @@ def select_anchors(method: str, n: int, calibration, seed: int = 0, tasks: list[
     items, weights = {}, {}
     for ti, task in enumerate(tasks):
         rows = params.rows(task)
+        if exclude and exclude.get(task):
+            held = set(exclude[task])
+            rows = np.array([r for r in rows if params.item_ids[r] not in held], dtype=rows.dtype)
         ids = [params.item_ids[r] for r in rows]
         k = min(int(n), len(ids))
         rng = np.random.default_rng([seed, ti])

@@ -101,6 +101,11 @@ class Fitness:
                                   "without one)", "auto")
     anchors: AnchorSettings = section(AnchorSettings, "anchor items")
     calibration_settings: CalibrationSettings = section(CalibrationSettings, "the auto calibration")
+    test_fraction: float = key("share of each task's items held out from the search (irt/anchor fitness): no "
+                               "anchor, adaptive item, verification or online calibration uses them; the "
+                               "verified candidates' scores on them (`test`, measured by the same evaluation "
+                               "that verifies them) are what status, result.json and export report as held-out. "
+                               "Drawn once per run from the run seed (split.json). 0: no split", 0.0)
     online_calibration: OnlineCalibration = section(OnlineCalibration, "candidates scored on every item while "
                                                     "the search runs (irt/anchor fitness)")
     verify_top_k: int = key("irt/anchor fitness: when the search ends, this many of its best candidates by "
@@ -203,6 +208,8 @@ class SearchConfig:
         keep = {k: v for k, v in self.to_dict().items() if k not in ("name", "workers")}
         keep["fitness"] = {k: v for k, v in keep["fitness"].items() if k != "verify_top_k"}
         # keys added later leave the digests of runs that do not use them unchanged
+        if keep["fitness"]["test_fraction"] == 0.0:
+            del keep["fitness"]["test_fraction"]
         if keep["fitness"]["online_calibration"] == dataclasses.asdict(OnlineCalibration()):
             del keep["fitness"]["online_calibration"]
         anchors = keep["fitness"]["anchors"]
@@ -407,6 +414,10 @@ def _check_fitness(fit: dict, seed: int, raw_fitness: dict, base_dir: Path | Non
             raise ValueError("config key 'fitness.anchors.refresh': adaptive items are chosen per candidate "
                              "already; refresh applies to fixed anchor sets")
     _num(fit["verify_top_k"], "fitness.verify_top_k", 0, integer=True)
+    _num(fit["test_fraction"], "fitness.test_fraction", 0.0, 0.9)
+    if fit["test_fraction"] and fit["type"] == "full":
+        raise ValueError("config key 'fitness.test_fraction': full fitness scores every item; a held-out split "
+                         "needs irt or anchor fitness")
     online = fit["online_calibration"]
     _num(online["top_k"], "fitness.online_calibration.top_k", 0, integer=True)
     _num(online["every"], "fitness.online_calibration.every", 1, integer=True)

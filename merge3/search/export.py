@@ -62,7 +62,7 @@ def export_run(run_dir, out_dir, front: bool = False, top: int | None = None, ev
                progress: bool = True, max_candidates: int | None = None) -> dict:
     from ..evaluation.lmeval import accuracy
     from ..merging.export import export_merged
-    from ..scoring import CandidateScorer, ScorerSpec
+    from ..scoring import CandidateScorer, ScorerSpec, split_responses
     from ..files import atomic_write, write_error
     from .rundir import RunDir
 
@@ -87,6 +87,7 @@ def export_run(run_dir, out_dir, front: bool = False, top: int | None = None, ev
         cache_dir=str(rd.resolve()), **w.materializer_options()))
     fit = cfg.fitness
     used = sum((meta.get("anchor_counts") or {}).values()) or "all"
+    held_out = run.read_split()
     rows = []
     for k, rec in enumerate(chosen):
         if rec["candidate"] in done:
@@ -94,8 +95,12 @@ def export_run(run_dir, out_dir, front: bool = False, top: int | None = None, ev
             continue
         t0 = time.time()
         recipe = scorer.recipe(rec["genome"], rec["seed"])
+        test = None
         if evaluate:
-            full = accuracy(scorer.answer(recipe))
+            answers = scorer.answer(recipe)
+            full = accuracy(answers)
+            if held_out:
+                test = accuracy(split_responses(answers, held_out)[1])
         else:
             full = None
             scorer.materializer.apply(recipe)
@@ -103,14 +108,18 @@ def export_run(run_dir, out_dir, front: bool = False, top: int | None = None, ev
         lines = [f"## merge3 search candidate {rec['candidate']}", "",
                  f"From run `{cfg.name}` (generation {rec['generation']}, index {rec['index']}); fitness "
                  f"{fit.type}" + (f" with estimator {fit.estimator}" if fit.type == "irt" else "")
-                 + f" on {used} items.", "",
-                 "| task | estimated (search) | full benchmark |", "|---|---|---|"]
+                 + f" on {used} items." + (f" Held out from the search: {fit.test_fraction:.0%} of each task's items "
+                                          "(split.json), scored in the last column." if test else ""), "",
+                 "| task | estimated (search) | full benchmark |" + (" held-out test items |" if test else ""),
+                 "|---|---|---|" + ("---|" if test else "")]
         for t in cfg.tasks:
             f = f"{full[t]:.4f}" if full else "not evaluated"
-            lines.append(f"| {t} | {est.get(t, float('nan')):.4f} | {f} |")
+            lines.append(f"| {t} | {est.get(t, float('nan')):.4f} | {f} |" + (f" {test[t]:.4f} |" if test else ""))
         lines += ["", f"Genome: `{[round(v, 6) for v in rec['genome']]}`, merge seed {rec['seed']}."]
         row = {"candidate": rec["candidate"], "path": str(out / rec["candidate"]), "genome": rec["genome"],
                "seed": rec["seed"], "estimated": est, "full": full, "seconds": time.time() - t0}
+        if test:
+            row["test"] = test
         export_merged(scorer.materializer, recipe, out / rec["candidate"], extra_card_text="\n".join(lines) + "\n",
                       extra_files={EXPORTED: json.dumps(row, indent=1, sort_keys=True)})
         rows.append(row)
@@ -126,13 +135,17 @@ def export_run(run_dir, out_dir, front: bool = False, top: int | None = None, ev
 
 
 def summary_table(rows: list[dict], tasks: list[str]) -> str:
-    head = "| candidate | " + " | ".join(f"{t} est | {t} full" for t in tasks) + " |"
-    sep = "|---|" + "---|---|" * len(tasks)
+    test = any(r.get("test") for r in rows)
+    cols = ("est", "full", "test") if test else ("est", "full")
+    head = "| candidate | " + " | ".join(f"{t} {c}" for t in tasks for c in cols) + " |"
+    sep = "|---|" + "---|" * (len(cols) * len(tasks))
     lines = [head, sep]
     for r in rows:
         cells = []
         for t in tasks:
             cells.append(f"{r['estimated'][t]:.3f}")
             cells.append(f"{r['full'][t]:.3f}" if r.get("full") else "-")
+            if test:
+                cells.append(f"{r['test'][t]:.3f}" if r.get("test") else "-")
         lines.append(f"| {r['candidate']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -63,6 +63,8 @@ def front_entry(rec: dict, objective_names: list[str], verified: dict | None = N
     v = (verified or {}).get((rec["generation"], rec["index"]))
     if v is not None:
         entry["verified"] = v["full"]
+        if v.get("test"):
+            entry["test"] = v["test"]  # held-out items (fitness.test_fraction): never seen by the search
     return entry
 
 
@@ -80,4 +82,6 @@ def verified_ranking(records: list[dict], verified: dict, cfg: SearchConfig) -> 
                              r["generation"], r["index"]))
     for r in rows:
         r["verified_objectives"] = {n: -f for n, f in zip(cfg.objective_names, r.pop("F"))}
+        if r.get("test") and all(r["test"].get(t) is not None for t in cfg.tasks):
+            r["test_objectives"] = {n: -f for n, f in zip(cfg.objective_names, objective_vector(cfg, r["test"]))}
     return rows

@@ -49,13 +49,14 @@ def ensure_calibration(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> str 
     return str(out)
 
 
-def choose_anchors(cfg: SearchConfig, calibration: Calibration | None, item_ids, seed: int | None = None) -> Anchors:
+def choose_anchors(cfg: SearchConfig, calibration: Calibration | None, item_ids, seed: int | None = None,
+                   test_items: dict[str, list[str]] | None = None) -> Anchors:
     """The fitness's anchors (seed: the config's anchor seed unless given): chosen on the calibration, or
-    uniformly at random from ``item_ids(task)``."""
+    uniformly at random from ``item_ids(task)``; never among ``test_items``."""
     anc = cfg.fitness.anchors
     seed = anc.seed if seed is None else seed
     if calibration is not None:
-        a = select_anchors(anc.method, anc.n, calibration, seed, tasks=list(cfg.tasks))
+        a = select_anchors(anc.method, anc.n, calibration, seed, tasks=list(cfg.tasks), exclude=test_items)
         missing = [t for t in cfg.tasks if t not in a.items]
         if missing:
             raise ValueError(f"the calibration {calibration.root} has no anchors for task(s) {missing}")
@@ -63,9 +64,36 @@ def choose_anchors(cfg: SearchConfig, calibration: Calibration | None, item_ids,
     rng = random.Random(f"anchors-{seed}")
     items = {}
     for t in cfg.tasks:
-        ids = item_ids(t)
+        held = set((test_items or {}).get(t, ()))
+        ids = [i for i in item_ids(t) if i not in held]
         items[t] = sorted(rng.sample(ids, min(anc.n, len(ids))))
     return Anchors.uniform(items, method="random", seed=seed)
+
+
+def draw_test_split(cfg: SearchConfig, item_ids) -> dict[str, list[str]]:
+    """``fitness.test_fraction`` of each task's items, drawn from the run seed: held out from the search."""
+    rng = random.Random(f"test-split-{cfg.seed}")
+    out = {}
+    for t in cfg.tasks:
+        ids = item_ids(t)
+        k = int(round(cfg.fitness.test_fraction * len(ids)))
+        if len(ids) - k < cfg.fitness.anchors.n:
+            raise ValueError(f"config key 'fitness.test_fraction': task {t} keeps {len(ids) - k} of its {len(ids)} "
+                             f"items for the search, fewer than fitness.anchors.n = {cfg.fitness.anchors.n}")
+        out[t] = sorted(rng.sample(ids, k))
+    return out
+
+
+def held_out_split(cfg: SearchConfig, rd: RunDir, item_ids) -> dict[str, list[str]] | None:
+    """The run's held-out items (drawn and written once, read back on resume), or None without a split."""
+    if cfg.fitness.type == "full" or not cfg.fitness.test_fraction:
+        return None
+    saved = rd.read_split()
+    if saved is not None:
+        return saved
+    split = draw_test_split(cfg, item_ids)
+    rd.write_split(split)
+    return split
 
 
 def prepare(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> tuple[ScorerSpec, dict, FitnessState]:
@@ -84,6 +112,7 @@ def prepare(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> tuple[ScorerSpe
                                     options=EvalOptions.from_dict(cfg.evaluation), cache_dir=str(rd.path)))
         return suites[0]
 
+    held_out = held_out_split(cfg, rd, lambda t: suite().item_ids(t))
     cal_dir = ensure_calibration(cfg, rd, pool_factory, say)
     calibration = Calibration.load(cal_dir) if cal_dir else None
     saved = rd.read_anchor_items()
@@ -93,7 +122,7 @@ def prepare(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> tuple[ScorerSpe
         if saved is not None and not cal_dir:
             anchors = Anchors.uniform(saved, method="random", seed=cfg.fitness.anchors.seed)
         else:
-            anchors = choose_anchors(cfg, calibration, lambda task: suite().item_ids(task))
+            anchors = choose_anchors(cfg, calibration, lambda task: suite().item_ids(task), test_items=held_out)
             if saved is None:
                 rd.write_anchor_items(anchors.items)
             elif saved != anchors.items:
@@ -112,9 +141,9 @@ def prepare(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> tuple[ScorerSpe
                       include_path=cfg.include_path, evaluation=dict(cfg.evaluation), fitness=cfg.fitness.type,
                       estimator=cfg.fitness.estimator, calibration=cal_dir, anchors=anchors,
                       cache_dir=str(rd.path.resolve()), adaptive=adaptive_settings(cfg) if adaptive else None,
-                      **w.materializer_options())
+                      test_items=held_out, **w.materializer_options())
     fitness = FitnessState(cfg, spec, lambda seed: choose_anchors(cfg, calibration, lambda t: suite().item_ids(t),
-                                                                  seed), calibration)
+                                                                  seed, held_out), calibration)
     return spec, meta, fitness
 
 

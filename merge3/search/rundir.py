@@ -35,6 +35,7 @@ from .config import SearchConfig
 CONFIG = "config.yaml"
 META = "meta.json"
 ANCHORS = "anchors.json"
+SPLIT = "split.json"
 LOG = "evaluations.jsonl"
 VERIFIED = "verified.jsonl"
 PROGRESS = "progress.json"
@@ -197,6 +198,14 @@ class RunDir:
 
     def write_anchor_items(self, items: dict[str, list[str]]) -> None:
         atomic_write(self.path / ANCHORS, json.dumps(items, indent=1, sort_keys=True))
+
+    def read_split(self) -> dict[str, list[str]] | None:
+        """The held-out test items per task (``fitness.test_fraction``), or None."""
+        p = self.path / SPLIT
+        return read_json(p, "test split file") if p.exists() else None
+
+    def write_split(self, test_items: dict[str, list[str]]) -> None:
+        atomic_write(self.path / SPLIT, json.dumps(test_items, indent=1, sort_keys=True))
 
     def read_progress(self) -> dict:
         p = self.path / PROGRESS

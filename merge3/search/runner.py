@@ -80,7 +80,8 @@ class Search:
                 if not rd.setup_unfinished():
                     raise FileExistsError(f"run directory {rd.path} already holds a search; continue it with "
                                           f"`merge3 resume {rd.path}` or choose another --run-dir")
-            (rd / "anchors.json").unlink(missing_ok=True)  # chosen for the old config
+            for name in ("anchors.json", "split.json"):  # chosen for the old config
+                (rd / name).unlink(missing_ok=True)
             _say(f"{rd.path}: its set-up never finished (no meta.json, no evaluation); starting it again with "
                  "this config (evaluations of an auto calibration already made are kept)")
         if rd.path.exists() and not rd.path.is_dir():
@@ -341,6 +342,8 @@ class Search:
                  "status": res.status, "error": res.error, "full": res.raw if res.status == "ok" else None,
                  "estimates": rec["objectives"], "items_evaluated": int(res.items_evaluated),
                  "seconds": round(float(res.seconds), 4)}
+            if res.test is not None:
+                v["test"] = res.test
             if keep_responses and res.status == "ok":
                 v["responses"] = res.responses
             self.rd.verified_log.append(v)

@@ -130,11 +130,14 @@ def print_status(run_dir, as_json: bool = False, plot: bool = True) -> dict:
         g = ", ".join(f"{v:.3f}" for v in e["genome"])
         print(f"  {e['candidate']:<14} " + "  ".join(f"{e['objectives'][n]:>14.4f}" for n in names) + f"   [{g}]")
     if info["verified"]:
-        print(f"verified on every item ({len(info['verified'])}), best first:")
-        print("  candidate      " + "  ".join(f"{n + ' est/all':>24}" for n in names))
+        test = all("test_objectives" in e for e in info["verified"])
+        print(f"verified on every item ({len(info['verified'])}), best first"
+              + (" (test: the held-out items, never used by the search):" if test else ":"))
+        print("  candidate      " + "  ".join(f"{n + (' est/all/test' if test else ' est/all'):>34}" for n in names))
         for e in info["verified"]:
             print(f"  {e['candidate']:<14} " + "  ".join(
-                f"{e['objectives'][n]:>11.4f} / {e['verified_objectives'][n]:<10.4f}" for n in names))
+                f"{e['objectives'][n]:>11.4f} / {e['verified_objectives'][n]:<10.4f}"
+                + (f" / {e['test_objectives'][n]:<8.4f}" if test else "") for n in names))
     if info.get("plot"):
         print(f"plot: {info['plot']}")
     return info
