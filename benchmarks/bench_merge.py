@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -336,7 +337,7 @@ def main(argv=None) -> int:
             "timing": f"min over {a.repeats} interleaved repeats of ours and the copy, after one warm-up apply "
                       "(first_call_seconds, which fills the rank caches); mergekit: one run",
             "load_average": os.getloadavg(),
-            "command": " ".join(["benchmarks/bench_merge.py"] + (argv if argv is not None else sys.argv[1:]))}
+            "command": shlex.join(["benchmarks/bench_merge.py"] + (argv if argv is not None else sys.argv[1:]))}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     result = _appended(Path(a.out), rows, meta) if a.append else {"rows": rows, "meta": meta}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")

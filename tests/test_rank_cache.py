@@ -92,9 +92,10 @@ def test_auto_caches_only_what_fits(micro_world, monkeypatch):
     ties, _, della = _recipes(micro_world)
     mat = Materializer(base, eps, device="cpu")
     p = sum(t.numel() for t in mat._tv[mat.models[0]].values())
-    monkeypatch.setattr(M, "available_bytes", lambda device: 2 * 3 * p * 4)  # magnitude ranks fit exactly
+    need = {"magnitude": 3 * p * 4, "della": 3 * p * 2}
+    monkeypatch.setattr(M, "available_bytes", lambda device: need["magnitude"] / M.RANK_CACHE_SHARE)  # just fits
     assert mat.caches_ranks(ties) is True
-    monkeypatch.setattr(M, "available_bytes", lambda device: 2 * 3 * p * 2 - 1)  # DELLA's int16 ranks do not
+    monkeypatch.setattr(M, "available_bytes", lambda device: need["della"] / M.RANK_CACHE_SHARE - 1)  # does not
     with pytest.warns(UserWarning, match=r"^della rank cache off: it needs [0-9.]+ GiB, [0-9.]+ GiB left on cpu; "
                                          r"ranks are recomputed per candidate") as rec:
         assert mat.caches_ranks(della) is False

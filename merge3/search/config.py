@@ -122,7 +122,7 @@ class Workers:
     rank_cache: str | bool = key("cache the magnitude / DELLA ranks of the task vectors after the first TIES, "
                                  "breadcrumbs or DELLA candidate (int32: N x P x 4 bytes; DELLA int16: N x P x 2) "
                                  "instead of recomputing them per candidate (same results). auto: cache when they "
-                                 "take at most half the memory left on the materializer's device, else recompute "
+                                 "take at most 3/4 of the memory left on the materializer's device, else recompute "
                                  "with a warning; true: always; false: never", "auto")
     local_cpus: int | None = key("CPUs of the local Ray cluster started when no --address is given "
                                  "(default: all)", None)
