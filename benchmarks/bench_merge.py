@@ -7,9 +7,14 @@ For each model (the tiny world's small models and a synthetic Llama whose size i
   mergekit  mergekit 0.1.5 run_merge of the same recipe: merge and write to disk (one run);
   copy      a plain copy of the bytes the merge reads (the resident base and the method's task vectors) into the
             live model's parameters: the memory-bandwidth bound (timed interleaved with ours, minimum too).
-Prints a table and writes {"rows": [...]} JSON. Runs without Ray. GPU shapes (1B, 8B): bench_merge_device.py.
+``--rank-cache on,off`` times the methods that rank (TIES, breadcrumbs, DELLA) with the rank cache and without it
+(ranks recomputed per candidate, ``Materializer(rank_cache=False)``); each row says which (``rank_cache``; null for
+methods without ranks). Prints a table and writes {"rows": [...]} JSON (``--append``: merged into the file's rows).
+Runs without Ray. GPU shapes (1B, 8B): bench_merge_device.py.
 
     .venv/bin/python benchmarks/bench_merge.py --world small --hidden 512 --layers 8 --intermediate 1536 --threads 1,2
+    .venv/bin/python benchmarks/bench_merge.py --world '' --hidden 512 --layers 8 --intermediate 1536 \
+        --methods ties,breadcrumbs,della --rank-cache on,off --threads 1 --series rank_cache --append
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -166,14 +172,16 @@ def time_mergekit(recipe: MergeRecipe) -> float | None:
 
 
 def bench_model(label: str, base: Path, eps: list[Path], n_params: int, methods: list[str], repeats: int,
-                device: str, with_mergekit: bool, kernels: list[str], threads: int) -> list[dict]:
+                device: str, with_mergekit: bool, kernels: list[str], threads: int,
+                rank_caches: tuple = (True,), series: str | None = None) -> list[dict]:
     base = str(base.resolve())
     eps = [str(p.resolve()) for p in eps]
     mats = {}
     for kernel in kernels:
-        t0 = time.perf_counter()
-        mats[kernel] = Materializer(base, eps, device=device, fused=kernel == "fused")
-        load = time.perf_counter() - t0
+        for cache in rank_caches:
+            t0 = time.perf_counter()
+            mats[kernel, cache] = Materializer(base, eps, device=device, fused=kernel == "fused", rank_cache=cache)
+            load = time.perf_counter() - t0
     mat = next(iter(mats.values()))
     dtype = str(mat.dtype).replace("torch.", "")
     print(f"[{label}, {threads} thread(s)] {n_params / 1e6:.1f}M params, {dtype}, loaded in {load:.1f}s, "
@@ -182,20 +190,29 @@ def bench_model(label: str, base: Path, eps: list[Path], n_params: int, methods:
     for method in methods:
         recipe = recipe_for(method, base, eps, dtype)
         mk = time_mergekit(recipe) if with_mergekit else None
-        for kernel, m in mats.items():
+        for (kernel, cache), m in mats.items():
+            uses = m.caches_ranks(recipe)
+            if uses is None and cache != rank_caches[0]:
+                continue  # a method without ranks: the cache setting changes nothing
             ours, bound, first = time_ours_any(m, recipe, repeats)
             row = {"method": method, "model": label, "params": n_params, "dtype": dtype, "device": str(m.device),
-                   "threads": threads, "kernel": kernel,
+                   "threads": threads, "kernel": kernel, "rank_cache": uses,
                    "seconds_per_candidate": round(ours, 5), "first_call_seconds": round(first, 5),
                    "mergekit_seconds": None if mk is None else round(mk, 4), "copy_bound_seconds": round(bound, 5),
                    "speedup_vs_mergekit": None if mk is None else round(mk / ours, 2),
                    "ratio_to_copy_bound": round(ours / bound, 2)}
+            if series:
+                row["series"] = series
             rows.append(row)
-            print(f"  {method:17s} {kernel:5s} ours {ours:8.4f}s  mergekit {row['mergekit_seconds']}s  "
+            print(f"  {method:17s} {kernel:5s} ranks {_on_off(uses):3s} ours {ours:8.4f}s  mergekit {row['mergekit_seconds']}s  "
                   f"copy {bound:.4f}s  speedup {row['speedup_vs_mergekit']}x  /copy {row['ratio_to_copy_bound']}x",
                   flush=True)
     del mats, mat
     return rows
+
+
+def _on_off(cache: bool | None) -> str:
+    return "-" if cache is None else ("on" if cache else "off")
 
 
 def time_ours_any(mat: Materializer, recipe: MergeRecipe, repeats: int):
@@ -212,13 +229,14 @@ def time_ours_any(mat: Materializer, recipe: MergeRecipe, repeats: int):
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"| {'model':20s} | {'thr':>3s} | {'method':17s} | {'kernel':6s} | {'ours s/cand':>11s} | "
+    head = (f"| {'model':20s} | {'thr':>3s} | {'method':17s} | {'kernel':6s} | {'ranks':5s} | {'ours s/cand':>11s} | "
             f"{'mergekit s':>10s} | {'copy s':>8s} | {'speedup':>8s} | {'/copy':>6s} |")
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
     for r in rows:
         mk = "n/a" if r["mergekit_seconds"] is None else f"{r['mergekit_seconds']:.3f}"
         sp = "n/a" if r["speedup_vs_mergekit"] is None else f"{r['speedup_vs_mergekit']:.1f}x"
         lines.append(f"| {r['model']:20s} | {r['threads']:3d} | {r['method']:17s} | {r['kernel']:6s} | "
+                     f"{_on_off(r.get('rank_cache')):5s} | "
                      f"{r['seconds_per_candidate']:11.4f} | {mk:>10s} | "
                      f"{r['copy_bound_seconds']:8.4f} | {sp:>8s} | {r['ratio_to_copy_bound']:5.2f}x |")
     return "\n".join(lines)
@@ -232,6 +250,28 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def _rank_caches(value: str) -> tuple:
+    choices = {"on": True, "off": False}
+    names = [v for v in value.split(",") if v]
+    if not names or any(v not in choices for v in names):
+        raise ValueError(f"--rank-cache: expected on, off or on,off, got {value!r}")
+    return tuple(choices[v] for v in names)
+
+
+_IDENTITY = ("model", "threads", "method", "kernel", "device", "rank_cache", "series")
+
+
+def _appended(path: Path, rows: list[dict], meta: dict) -> dict:
+    """The results already in ``path`` with ``rows`` merged in (a row of the same identity replaced) and this
+    run's meta kept under meta["appended"], so that a few new rows need not re-run the whole benchmark."""
+    old = json.loads(path.read_text()) if path.is_file() else {"rows": [], "meta": {}}
+    new_ids = {tuple(r.get(k) for k in _IDENTITY) for r in rows}
+    kept = [r for r in old["rows"] if tuple(r.get(k) for k in _IDENTITY) not in new_ids]
+    old_meta = dict(old.get("meta", {}))
+    old_meta["appended"] = [m for m in old_meta.get("appended", []) if m["command"] != meta["command"]] + [meta]
+    return {"rows": kept + rows, "meta": old_meta}
 
 
 def main(argv=None) -> int:
@@ -251,11 +291,18 @@ def main(argv=None) -> int:
                     help="comma-separated torch CPU thread counts, each measured in turn for ours, the copy and "
                          "mergekit alike (0: torch's default)")
     ap.add_argument("--kernels", default="eager,fused", help="materializer kernels to time: eager, fused or both")
+    ap.add_argument("--rank-cache", default="on", help="magnitude / DELLA rank cache: on, off or on,off (each "
+                                                       "timed; off recomputes the ranks per candidate)")
+    ap.add_argument("--series", default=None, help="a name stored in each row (tells a separate run's rows apart)")
+    ap.add_argument("--append", action="store_true",
+                    help="merge the rows into --out: keep its rows, replacing only those with the same model, "
+                         "threads, method, kernel, rank cache and series")
     ap.add_argument("--no-mergekit", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "merge.json"))
     a = ap.parse_args(argv)
     methods = [m for m in a.methods.split(",") if m]
     kernels = [k for k in a.kernels.split(",") if k]
+    rank_caches = _rank_caches(a.rank_cache)
     models = []
     if a.world:
         from merge3.world import resolve_world
@@ -282,7 +329,7 @@ def main(argv=None) -> int:
             torch.set_num_threads(threads)
         for label, base, eps, n in models:
             rows += bench_model(label, base, eps, n, methods, a.repeats, a.device, not a.no_mergekit, kernels,
-                                torch.get_num_threads())
+                                torch.get_num_threads(), rank_caches, a.series)
     print()
     print(table(rows))
     meta = {"torch": torch.__version__, "machine": platform.machine(), "processor": _cpu_name(),
@@ -290,9 +337,10 @@ def main(argv=None) -> int:
             "timing": f"min over {a.repeats} interleaved repeats of ours and the copy, after one warm-up apply "
                       "(first_call_seconds, which fills the rank caches); mergekit: one run",
             "load_average": os.getloadavg(),
-            "command": " ".join(["benchmarks/bench_merge.py"] + (argv if argv is not None else sys.argv[1:]))}
+            "command": shlex.join(["benchmarks/bench_merge.py"] + (argv if argv is not None else sys.argv[1:]))}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"rows": rows, "meta": meta}, indent=2) + "\n")
+    result = _appended(Path(a.out), rows, meta) if a.append else {"rows": rows, "meta": meta}
+    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {a.out}")
     return 0
 

@@ -87,6 +87,7 @@ class ScorerSpec:
     dtype: str | None = None
     offload_task_vectors: bool = False
     fused_merge: bool | None = None  # Materializer(fused=...): None = on for GPUs
+    rank_cache: str | bool = "auto"  # Materializer(rank_cache=...): cache the magnitude / DELLA ranks
     cache_dir: str | None = None
     threads: int | None = None
 
@@ -147,7 +148,8 @@ class CandidateScorer:
 
             s = self.spec
             self._materializer = Materializer(s.base, s.models, device=self.device, dtype=s.dtype,
-                                              offload_task_vectors=s.offload_task_vectors, fused=s.fused_merge)
+                                              offload_task_vectors=s.offload_task_vectors, fused=s.fused_merge,
+                                              rank_cache=s.rank_cache)
         return self._materializer
 
     @property

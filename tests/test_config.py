@@ -35,6 +35,13 @@ def test_schema_documents_every_key():
     assert all(desc for _, desc, _ in rows)
 
 
+def test_readme_table_lists_every_key():
+    """The README's config table is the user's documentation of the schema: no key may be missing from it."""
+    readme = (ROOT / "README.md").read_text()
+    missing = [k for k, _, _ in C.describe() if f"| `{k}` |" not in readme]
+    assert not missing, f"config keys missing from the README's table: {missing}"
+
+
 @pytest.mark.parametrize("patch, words", [
     ({"bogus": 1}, ["unknown config key 'bogus'"]),
     ({"algorithm": {"name": "nsga2", "popsize": 4}}, ["algorithm.popsize"]),
@@ -51,6 +58,8 @@ def test_schema_documents_every_key():
     ({"objectives": {"mode": "weighted_sum", "weights": {"tw_facts_en": 1.0}}}, ["objectives"]),
     ({"evaluation": {"batchsize": 4}}, ["evaluation"]),
     ({"workers": {"device": "tpu"}}, ["workers.device"]),
+    ({"workers": {"rank_cache": "sometimes"}}, ["workers.rank_cache", "expected auto, true or false"]),
+    ({"workers": {"rank_cache": 1}}, ["workers.rank_cache"]),
     ({"algorithm": {"name": "nsga2", "dispatch": "eager"}}, ["algorithm.dispatch", "generational, async"]),
     ({"objectives": {"mode": "weighted_sum"}, "algorithm": {"name": "de", "dispatch": "async"}},
      ["algorithm.dispatch", "de is generational only"]),

@@ -387,14 +387,18 @@ def _selection(spec, name, i, delta, shape, p, seed, rank, work):
     if kind in ("magnitude", "della") and density <= 0:
         return None
     if kind == "magnitude":
-        rank = S.magnitude_order(delta) if rank is None else rank
-        return ("rank_lt", rank.reshape(-1), max(1, int(density * n)))
+        k = max(1, int(density * n))
+        if rank is None:  # uncached: this candidate's kept set (a threshold, not a sort of every entry)
+            return ("rank_lt", _kept_as_rank(S.top_k_mask(_abs32(delta), k), work, i), 1)
+        return ("rank_lt", rank.reshape(-1), k)
     if kind == "magnitude_outliers":
         target = int(density * n)
         if target <= 0 or n == 0:
             return None
-        rank = S.outlier_order(delta) if rank is None else rank
         n_bot = max(0, n - target - int(p["gamma"] * n))
+        if rank is None:
+            keep = S.between_mask(_abs32(delta), n_bot, n_bot + target)
+            return ("rank_between", _kept_as_rank(keep, work, i), 0, 1)
         return ("rank_between", rank.reshape(-1), n_bot, n_bot + target)
     draws = work.get(f"draws{i}", n, _draw_dtype(dev), dev)
     gen = tensor_generator(seed if seed is not None else 0, name, i, dev)
@@ -410,6 +414,18 @@ def _selection(spec, name, i, delta, shape, p, seed, rank, work):
                          f"epsilon={eps:g}")
     rank = S.della_ranks(delta.to(torch.float32).reshape(shape)) if rank is None else rank
     return ("della", draws, rank.reshape(-1), max(rank.shape[1] - 1, 1), f32(2 * eps), f32(density - eps))
+
+
+def _abs32(delta: torch.Tensor) -> torch.Tensor:
+    """|delta| in float32, flat: what the rankers and the eager kernel select on (ties break the same way)."""
+    return delta.reshape(-1).to(torch.float32).abs()
+
+
+def _kept_as_rank(keep: torch.Tensor, work: Workspace, i: int) -> torch.Tensor:
+    """A keep mask as int32 ranks, 0 kept and 1 dropped: the cached ranks' dtype, so the compiled graph is the
+    same with or without the rank cache."""
+    rank = work.get(f"rank{i}", keep.numel(), torch.int32, keep.device)
+    return rank.copy_(torch.logical_not(keep, out=keep))
 
 
 def _draw_dtype(device) -> torch.dtype:

@@ -6,8 +6,9 @@ new model object per candidate.
 
 Memory (P parameters, N endpoints, storage dtype of b bytes, e.g. b = 2 for bf16):
   on the device: live model P*b + resident base P*b + task vectors N*P*b, plus float32 scratch for the largest
-  tensor times about N + 3 (the TIES family; linear/task_arithmetic need one tensor) and, for DELLA, cached
-  per-row ranks N*P*2 bytes (int16) once a DELLA recipe is applied.
+  tensor times about N + 3 (the TIES family; linear/task_arithmetic need one tensor) and, when cached
+  (``rank_cache``), per-row DELLA ranks N*P*2 bytes (int16) once a DELLA recipe is applied, magnitude ranks
+  N*P*4 bytes (int32) once a TIES / breadcrumbs recipe is; uncached, they are recomputed per candidate.
   7B endpoints in bf16 (P = 6.7e9, N = 3): 13.5 GB each, so 2*13.5 + 3*13.5 = 67 GB on the GPU, plus
   ~2.5 GB scratch (the 131M-entry embedding, float32, 5 copies).
   ``offload_task_vectors=True`` keeps the task vectors in pinned CPU memory (N*P*b of host RAM, 40 GB here)
@@ -17,6 +18,8 @@ Memory (P parameters, N endpoints, storage dtype of b bytes, e.g. b = 2 for bf16
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -39,6 +42,53 @@ def resolve_dtype(dtype) -> torch.dtype | None:
         raise ValueError(f"unknown dtype {dtype!r}: expected float32, float16 or bfloat16") from None
 
 
+# "auto" caches ranks only when they take at most this share of the memory left: the rest stays free for the
+# merge's scratch and the evaluation's activations (7B on a 141 GB GPU with offloaded task vectors: 80 GB of
+# magnitude ranks in ~110 GB left, cached; on an 80 GB GPU, ~10 GB left: recomputed).
+RANK_CACHE_SHARE = 0.75
+
+
+def check_rank_cache(value):
+    """``value`` if it is auto, True or False (not 0 / 1), else a one-line ValueError."""
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError(f"rank_cache: expected auto, True or False, got {value!r}")
+
+
+def available_bytes(device) -> int | None:
+    """Memory left on ``device`` (None: unknown): free GPU memory plus what torch holds unused; on CPU the
+    kernel's MemAvailable."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        return _host_available()
+    return None
+
+
+def _host_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def rank_bytes(kind: str, t: torch.Tensor) -> int:
+    """Bytes of the cached ranks of one task vector: int32 magnitude ranks; DELLA's int16 per-row ranks (int32
+    for rows over 32767 entries, as ``della_ranks`` stores them)."""
+    if kind != "della":
+        return t.numel() * 4
+    cols = t.numel() if t.dim() < 2 else t.numel() // t.shape[0]
+    return t.numel() * (2 if cols <= 32767 else 4)
+
+
 def _same(a, b) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
@@ -46,10 +96,14 @@ def _same(a, b) -> bool:
 class Materializer:
     def __init__(self, base: str | Path, models: list[str | Path], device: str | None = None,
                  dtype: str | torch.dtype | None = None, offload_task_vectors: bool = False,
-                 check_finite: bool = True, fused: bool | None = None):
+                 check_finite: bool = True, fused: bool | None = None, rank_cache: str | bool = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # Magnitude / DELLA ranks: cached (fast, N*P*4 or N*P*2 bytes), recomputed per candidate (same bits), or
+        # "auto": cached when they fit in the memory left (decided once per kind, on its first recipe).
+        self.rank_cache = check_rank_cache(rank_cache)
+        self._caching: dict[str, bool] = {}
         self.base_path = str(base)
         self.models = [str(m) for m in models]
         ckpts = check_compatible(base, models)
@@ -141,6 +195,28 @@ class Materializer:
 
     _RANKERS = {"della": della_ranks, "magnitude": magnitude_order, "magnitude_outliers": outlier_order}
 
+    def _uses_cache(self, kind: str, deltas: list) -> bool:
+        """Whether ``kind``'s ranks are cached: the setting, or under "auto" whether this recipe's ranks take at
+        most RANK_CACHE_SHARE of the memory left on the device (decided once per kind; a warning when not)."""
+        if self.rank_cache != "auto":
+            return self.rank_cache
+        if kind not in self._caching:
+            needed = sum(rank_bytes(kind, d) for d in deltas if d is not None and (kind, id(d)) not in self._ranks)
+            free = available_bytes(self.device)
+            self._caching[kind] = free is None or needed <= RANK_CACHE_SHARE * free
+            if not self._caching[kind]:
+                warnings.warn(f"{kind} rank cache off: it needs {needed / 2**30:.2f} GiB, {free / 2**30:.2f} GiB "
+                              f"left on {self.device}; ranks are recomputed per candidate (same results, slower; "
+                              f"rank_cache=True forces the cache)", stacklevel=3)
+        return self._caching[kind]
+
+    def caches_ranks(self, recipe: MergeRecipe) -> bool | None:
+        """Whether ``apply(recipe)`` uses cached ranks (None: the method ranks nothing); decides "auto"."""
+        kind = recipe.spec.sparsify
+        if kind not in self._RANKERS:
+            return None
+        return self._uses_cache(kind, [d for tvs in self._sources(recipe) if tvs for d in tvs.values()])
+
     def _cached_ranks(self, kind: str, deltas: list) -> list:
         """Per input, the sparsifier's density-independent ranks of its task vector, computed on first use:
         magnitude selection then costs one comparison per entry instead of a selection (or a sort) per candidate."""
@@ -163,9 +239,10 @@ class Materializer:
         spec = recipe.spec
         plan = self._plan(recipe)
         sources = self._sources(recipe)
+        cached = self.caches_ranks(recipe)
         for name, shared, per_model in plan:
             deltas = [None if tvs is None else tvs[name] for tvs in sources]
-            ranks = self._cached_ranks(spec.sparsify, deltas) if spec.sparsify in self._RANKERS else None
+            ranks = self._cached_ranks(spec.sparsify, deltas) if cached else None
             merge_tensor(spec, name, self._base[name], deltas, shared, per_model, seed=recipe.seed,
                          out=self._targets[name].data, ranks=ranks, work=self._work, fused=self.fused)
         return self.model

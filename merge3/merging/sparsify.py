@@ -95,18 +95,36 @@ def magnitude(tensor: torch.Tensor, density: float, rescale: bool = False,
     if density <= 0 or n == 0:
         return torch.zeros_like(tensor)
     k = max(1, int(density * n))
-    if order is not None:
-        return _finish(tensor, (order < k).reshape(tensor.shape).to(tensor.dtype), rescale)
-    a = tensor.abs().reshape(-1)
+    mask = (order < k) if order is not None else top_k_mask(tensor.abs().reshape(-1), k)
+    return _finish(tensor, mask.reshape(tensor.shape).to(tensor.dtype), rescale)
+
+
+def top_k_mask(a: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask of the k largest entries of a flat tensor (|x|), the entries ``magnitude_order`` ranks below k, in
+    O(n) without ranks: one kthvalue threshold; ties at it broken as ``magnitude_order`` breaks them (by a
+    sort up to _SORT_LIMIT entries, above it the last ones in index order)."""
+    n = a.numel()
     thr = torch.kthvalue(a, n - k + 1).values
     mask = a >= thr
-    if int(mask.sum()) != k:  # ties at the threshold: choose exactly k, as a sort would
-        if n > _SORT_LIMIT:
-            mask = _ranks_between(a, n - k, n)
-        else:
-            mask = torch.zeros_like(mask)
-            mask[torch.argsort(a, descending=True)[:k]] = True
-    return _finish(tensor, mask.reshape(tensor.shape).to(tensor.dtype), rescale)
+    if int(mask.sum()) == k:
+        return mask
+    if n <= _SORT_LIMIT:
+        mask.zero_()
+        mask[torch.argsort(a, descending=True)[:k]] = True
+        return mask
+    torch.gt(a, thr, out=mask)
+    need = k - int(mask.sum())  # entries equal to the threshold still to keep: the last ones
+    tied = (a == thr).nonzero().flatten()
+    mask[tied[tied.numel() - need:]] = True
+    return mask
+
+
+def between_mask(a: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+    """Mask of the entries of a flat tensor (|x|) with ascending ranks [r0, r1), those ``outlier_order`` ranks
+    there, without ranks."""
+    if a.numel() > _SORT_LIMIT:
+        return _ranks_between(a, r0, r1)
+    return _sorted_mask(a, r0, r1)
 
 
 def magnitude_outliers(tensor: torch.Tensor, density: float, gamma: float = 0.01,
@@ -122,9 +140,8 @@ def magnitude_outliers(tensor: torch.Tensor, density: float, gamma: float = 0.01
         return _finish(tensor, torch.zeros_like(tensor), rescale)
     if order is not None:
         mask = (order >= n_bot) & (order < n_bot + target)
-        return _finish(tensor, mask.reshape(tensor.shape).to(tensor.dtype), rescale)
-    a = tensor.abs().reshape(-1)
-    mask = _ranks_between(a, n_bot, n_bot + target) if n > _SORT_LIMIT else _sorted_mask(a, n_bot, n_bot + target)
+    else:
+        mask = between_mask(tensor.abs().reshape(-1), n_bot, n_bot + target)
     return _finish(tensor, mask.reshape(tensor.shape).to(tensor.dtype), rescale)
 
 

@@ -146,13 +146,18 @@ class Workers:
                                    "operation (same results; 5-10x faster for the TIES family, slerp and model "
                                    "stock) at the cost of a compile per method when a worker starts (needs a C++ "
                                    "compiler on CPU). Default: on for GPUs, off on CPU", None)
+    rank_cache: str | bool = key("cache the magnitude / DELLA ranks of the task vectors after the first TIES, "
+                                 "breadcrumbs or DELLA candidate (int32: N x P x 4 bytes; DELLA int16: N x P x 2) "
+                                 "instead of recomputing them per candidate (same results). auto: cache when they "
+                                 "take at most 3/4 of the memory left on the materializer's device, else recompute "
+                                 "with a warning; true: always; false: never", "auto")
     local_cpus: int | None = key("CPUs of the local Ray cluster started when no --address is given "
                                  "(default: all)", None)
 
     def materializer_options(self) -> dict:
         """The ScorerSpec fields these settings fill."""
         return {"device": self.device, "dtype": self.dtype, "offload_task_vectors": self.offload_task_vectors,
-                "fused_merge": self.fused_merge}
+                "fused_merge": self.fused_merge, "rank_cache": self.rank_cache}
 
 
 @dataclass(frozen=True)
@@ -463,6 +468,8 @@ def _check_workers(w: dict) -> None:
         raise ValueError(f"config key 'workers.device': expected cpu or cuda, got {w['device']!r}")
     if w["local_cpus"] is not None:
         _num(w["local_cpus"], "workers.local_cpus", 1, integer=True)
+    if w["rank_cache"] != "auto" and not isinstance(w["rank_cache"], bool):  # not 0 / 1: YAML's false / true
+        raise ValueError(f"config key 'workers.rank_cache': expected auto, true or false, got {w['rank_cache']!r}")
     if w["cpus_per_worker"] == 0 and not w["gpus_per_worker"]:
         raise ValueError("config key 'workers.cpus_per_worker': 0 needs workers.gpus_per_worker > 0")
 
