@@ -113,9 +113,10 @@ def _write_metadata(tmp: Path, base: Path, recipe: MergeRecipe, extra_card_text:
         vocab.tokenizer.save_pretrained(str(tmp))  # the union: the base's tokenizer plus the added tokens
         usual_mode(*tmp.iterdir())
     else:  # the base's vocabulary: its own files, byte for byte
+        src = Path(vocab.base) if vocab is not None else base  # a linear YAML without base_model: the first model
         for f in TOKENIZER_FILES:
-            if (base / f).is_file():
-                shutil.copy2(base / f, tmp / f)
+            if (src / f).is_file():
+                shutil.copy2(src / f, tmp / f)
     if (base / "generation_config.json").is_file():
         shutil.copy2(base / "generation_config.json", tmp / "generation_config.json")
     else:
@@ -207,15 +208,19 @@ def merge_to_dir(recipe: MergeRecipe, out_dir: str | Path, device: str | None = 
         for name, shared, per_model in plan:
             if vocab is not None and name in vocab.tensors:  # token rows re-indexed onto the output vocabulary
                 aligned = vocab.align(name, {m: ckpt(m).get(name, dev) for m in vocab.models})
-                b = next(t for m, t in aligned.items() if ckpt(m) is base)
+                # the base's rows are the reference, or (a linear merge whose YAML names no base: the base is
+                # not gathered) the first model's, whose own delta is then None
+                ref = base if any(ckpt(m) is base for m in aligned) else ckpt(vocab.models[0])
+                b = next(t for m, t in aligned.items() if ckpt(m) is ref)
                 get = lambda c, p: next(t for m, t in aligned.items() if ckpt(m) is c)  # noqa: E731
             else:
+                ref = base
                 b = base.get(name, dev)
                 get = lambda c, p: c.get(name, dev)  # noqa: E731
             deltas = []
             for p in inputs:
                 c = ckpt(p)
-                deltas.append(None if c is base else get(c, p).to(torch.float32) - b.to(torch.float32)
+                deltas.append(None if c is ref else get(c, p).to(torch.float32) - b.to(torch.float32)
                               if b.is_floating_point() else None)
             merged = merge_tensor(spec, name, b, deltas, shared, per_model, seed=recipe.seed)
             writer.add(name, merged.to(out_dtype) if merged.is_floating_point() else merged)

@@ -152,7 +152,7 @@ class Materializer:
             raise ValueError(f"recipe tokenizer_source {recipe.tokenizer_source!r} is not the materializer's "
                              f"{self.tokenizer_source!r} (the vocabulary is laid out when it is built)")
         if self.vocab is not None:
-            ends, prefer = participants(recipe)
+            _, ends, prefer = participants(recipe)
             if prefer is None or {str(Path(m).resolve()) for m in ends} != {str(Path(m).resolve())
                                                                          for m in self.vocab.models}:
                 raise ValueError("with a tokenizer_source the materializer merges recipes that name their "

@@ -112,6 +112,7 @@ class Vocabulary:
     rows: dict[str, torch.Tensor]            # model path -> (size,) int64 rows
     prefer: str | None                       # the base, when the recipe names one: its rows fill gaps first
     tensors: set[str] = field(default_factory=set)
+    base: str = ""                           # whose tokenizer the output starts from (its files, when unchanged)
     tokenizer_changed: bool = False          # False: the base's tokenizer files describe the output exactly
 
     @classmethod
@@ -133,7 +134,7 @@ class Vocabulary:
         by_id = sorted(out_vocab, key=out_vocab.get)
         rows = {m: torch.tensor([vocabs[_key(m, order)].get(t, -1) for t in by_id], dtype=torch.int64)
                 for m in models}
-        return cls(source, out_tok, size, list(models), rows, prefer, vocabulary_tensors(base),
+        return cls(source, out_tok, size, list(models), rows, prefer, vocabulary_tensors(base), base=base,
                    tokenizer_changed=size != len(vocabs[base]))
 
     # ------------------------------------------------------------------------------------------------------
@@ -198,22 +199,23 @@ def _key(m: str, order: list[str]) -> str:
     return next(o for o in order if _same(o, m))
 
 
-def participants(recipe) -> tuple[list[str], str | None]:
-    """The models mergekit gathers for a tensor (the recipe's models, then its base_model when the YAML names one
-    and it is not listed) and the base whose rows fill gaps first (None when the YAML names no base_model)."""
+def participants(recipe) -> tuple[str, list[str], str | None]:
+    """As mergekit reads the recipe's YAML: the tokenizer base (base_model, or the first model when the YAML names
+    none: a linear merge without the base), the models gathered for a tensor (the models, then base_model when
+    it is not listed) and the base whose rows fill gaps first (None without base_model)."""
     named = "base_model" in recipe.to_dict()
     models = list(recipe.models)
     if named and not any(_same(m, recipe.base_model) for m in models):
         models.append(recipe.base_model)
-    return models, (recipe.base_model if named else None)
+    return (recipe.base_model if named else models[0]), models, (recipe.base_model if named else None)
 
 
 def vocabulary_for(recipe) -> Vocabulary | None:
     """The recipe's vocabulary alignment (None without tokenizer_source). Loads tokenizers: before arithmetic."""
     if recipe.tokenizer_source is None:
         return None
-    models, prefer = participants(recipe)
-    return Vocabulary.build(recipe.tokenizer_source, recipe.base_model, models, prefer)
+    base, models, prefer = participants(recipe)
+    return Vocabulary.build(recipe.tokenizer_source, base, models, prefer)
 
 
 def check_rows(vocab: Vocabulary, ckpts: list[Checkpoint]) -> None:
