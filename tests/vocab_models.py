@@ -42,7 +42,7 @@ def endpoint(base: Path, out: Path, added: tuple[str, ...], seed: int, scale: fl
     tok = AutoTokenizer.from_pretrained(base)
     if added:
         tok.add_tokens(list(added))
-        model.resize_token_embeddings(len(tok))
+        model.resize_token_embeddings(len(tok), mean_resizing=False)  # rows set below
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():  # a tied head is the embedding: perturbed once
