@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from .merging.methods import PER_MODEL, get_method
-from .merging.recipe import MergeRecipe, check_value
+from .merging.recipe import MergeRecipe, check_tokenizer_source, check_value
 
-_KEYS = {"method", "parameters", "fixed", "layer_granularity", "filters"}
+_KEYS = {"method", "parameters", "fixed", "layer_granularity", "filters", "tokenizer_source"}
 _REST = "rest"
 
 
@@ -43,8 +43,9 @@ class _Gene:
 
 class Genome:
     def __init__(self, method: str, bounds: dict, fixed: dict, n_models: int, n_layers: int,
-                 layer_granularity: int = 0, filters: list[str] | None = None):
+                 layer_granularity: int = 0, filters: list[str] | None = None, tokenizer_source: str | None = None):
         self.method, self.bounds, self.fixed = method, bounds, fixed
+        self.tokenizer_source = tokenizer_source  # copied into every recipe: not searched
         self.n_models, self.n_layers = n_models, n_layers
         self.layer_granularity = layer_granularity or 0
         self.filters = list(filters or [])
@@ -129,7 +130,9 @@ class Genome:
             raise ValueError(f"genome.filters must be a list of distinct non-empty tensor-name substrings, got {filters!r}")
         if not bounds:
             raise ValueError("genome.parameters: nothing to search")
-        return cls(spec.name, bounds, fixed, n_models, n_layers, g, filters)
+        ts = cfg.get("tokenizer_source")
+        check_tokenizer_source(ts, "genome.tokenizer_source")
+        return cls(spec.name, bounds, fixed, n_models, n_layers, g, filters, ts)
 
     # ---- naming ------------------------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -176,7 +179,8 @@ class Genome:
         if self.spec.sparsify == "della":
             self._clamp_epsilon(per_model, shared)
         return MergeRecipe(method=self.method, base_model=str(base), models=[str(m) for m in models],
-                           parameters=shared, model_parameters=per_model, seed=seed)
+                           parameters=shared, model_parameters=per_model, seed=seed,
+                           tokenizer_source=self.tokenizer_source)
 
     def _setting(self, by_filter: dict):
         def blocks(by_block: dict):

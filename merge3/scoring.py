@@ -149,7 +149,8 @@ class CandidateScorer:
             s = self.spec
             self._materializer = Materializer(s.base, s.models, device=self.device, dtype=s.dtype,
                                               offload_task_vectors=s.offload_task_vectors, fused=s.fused_merge,
-                                              rank_cache=s.rank_cache)
+                                              rank_cache=s.rank_cache,
+                                              tokenizer_source=(s.genome or {}).get("tokenizer_source"))
         return self._materializer
 
     @property

@@ -63,6 +63,10 @@ def test_readme_table_lists_every_key():
     ({"algorithm": {"name": "nsga2", "dispatch": "eager"}}, ["algorithm.dispatch", "generational, async"]),
     ({"objectives": {"mode": "weighted_sum"}, "algorithm": {"name": "de", "dispatch": "async"}},
      ["algorithm.dispatch", "de is generational only"]),
+    ({"merge": {"method": "ties", "parameters": {"weight": [0, 1]}, "tokenizer_source": "first"}},
+     ["merge.tokenizer_source", "expected base or union", "'first'"]),
+    ({"merge": {"method": "linear", "parameters": {"weight": [0, 1]}, "tokenizer_source": "union"}},
+     ["merge.tokenizer_source", "linear"]),
 ])
 def test_normalize_rejects(patch, words):
     cfg = yaml.safe_load((ROOT / "experiments" / "micro.yaml").read_text())
@@ -154,6 +158,14 @@ def test_load_config_resolves_world_names(micro_world):
     d["workers"]["num_workers"] = 7
     assert C.SearchConfig.from_dict(d).digest() == cfg.digest()
     assert C.SearchConfig.from_dict(cfg.to_dict()) == cfg
+    # merge.tokenizer_source left at its default changes neither the digest nor the genome (calibrations)
+    assert "tokenizer_source" not in cfg.genome_config()
+    d = cfg.to_dict()
+    d["merge"]["tokenizer_source"] = "union"
+    with_source = C.SearchConfig.from_dict(d)
+    assert with_source.digest() != cfg.digest() and with_source.genome_config()["tokenizer_source"] == "union"
+    d["merge"].pop("tokenizer_source")
+    assert C.SearchConfig.from_dict(d).digest() == cfg.digest()
 
 
 @pytest.mark.parametrize("merge, words", [

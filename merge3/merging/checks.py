@@ -16,9 +16,12 @@ def _arch(ckpt: Checkpoint) -> tuple:
     return (cfg.get("model_type"), tuple(cfg.get("architectures") or ()))
 
 
-def check_compatible(base: str | Path, models: list[str | Path], check_values: bool = False) -> list[Checkpoint]:
+def check_compatible(base: str | Path, models: list[str | Path], check_values: bool = False,
+                     vocab_tensors: set[str] = frozenset()) -> list[Checkpoint]:
     """Checks that every model has the base's architecture, tensor names and shapes (and, with
-    ``check_values``, finite weights). Returns the opened checkpoints, base first. Raises ValueError."""
+    ``check_values``, finite weights). Returns the opened checkpoints, base first. Raises ValueError.
+
+    ``vocab_tensors`` (with a tokenizer_source): token-indexed tensors, whose number of rows may differ."""
     ckpts = [Checkpoint(base)] + [Checkpoint(m) for m in models if Path(m) != Path(base)]
     ref = ckpts[0]
     ref_meta = ref.meta
@@ -32,13 +35,23 @@ def check_compatible(base: str | Path, models: list[str | Path], check_values: b
         for name in meta:
             if name not in ref_meta:
                 raise ValueError(f"{c.path}: tensor {name} is not in the base {ref.path}")
-            if meta[name][0] != ref_meta[name][0]:
-                raise ValueError(f"{c.path}: tensor {name} has shape {list(meta[name][0])}, "
-                                 f"the base has {list(ref_meta[name][0])}")
+            shape, want = meta[name][0], ref_meta[name][0]
+            if name in vocab_tensors and len(shape) == len(want) and shape[1:] == want[1:]:
+                continue  # rows follow the vocabulary: aligned by token (vocab.py)
+            if shape != want:
+                hint = ""
+                if not vocab_tensors and shape[1:] == want[1:] and _vocab_rows(c) != _vocab_rows(ref):
+                    hint = " (the vocabularies differ: set tokenizer_source to base or union to align them)"
+                raise ValueError(f"{c.path}: tensor {name} has shape {list(shape)}, the base has {list(want)}{hint}")
     if check_values:
         for c in ckpts:
             check_finite(c)
     return ckpts
+
+
+def _vocab_rows(ckpt: Checkpoint):
+    cfg = ckpt.config
+    return (cfg if "vocab_size" in cfg else cfg.get("text_config", {})).get("vocab_size")
 
 
 def check_finite(ckpt: Checkpoint | str | Path) -> None:

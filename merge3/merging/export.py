@@ -22,6 +22,7 @@ from .checks import assert_finite, check_compatible
 from .kernels import merge_tensor
 from .materializer import Materializer, resolve_dtype
 from .recipe import MergeRecipe
+from .vocab import Vocabulary, check_rows, set_config_vocab_size, vocabulary_for
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
@@ -100,14 +101,22 @@ def model_card(recipe: MergeRecipe, extra: str = "") -> str:
     return text
 
 
-def _write_metadata(tmp: Path, base: Path, recipe: MergeRecipe, extra_card_text: str) -> None:
+def _write_metadata(tmp: Path, base: Path, recipe: MergeRecipe, extra_card_text: str,
+                    vocab: Vocabulary | None = None) -> None:
     cfg = json.loads((base / "config.json").read_text())
     key = "torch_dtype" if "torch_dtype" in cfg and "dtype" not in cfg else "dtype"
     cfg[key] = recipe.dtype
+    if vocab is not None:  # mergekit sets it to the output tokenizer's size (tie_word_embeddings stays the base's)
+        set_config_vocab_size(cfg, vocab.size)
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    for f in TOKENIZER_FILES:
-        if (base / f).is_file():
-            shutil.copy2(base / f, tmp / f)
+    if vocab is not None and vocab.tokenizer_changed:
+        vocab.tokenizer.save_pretrained(str(tmp))  # the union: the base's tokenizer plus the added tokens
+        usual_mode(*tmp.iterdir())
+    else:  # the base's vocabulary: its own files, byte for byte
+        src = Path(vocab.base) if vocab is not None else base  # a linear YAML without base_model: the first model
+        for f in TOKENIZER_FILES:
+            if (src / f).is_file():
+                shutil.copy2(src / f, tmp / f)
     if (base / "generation_config.json").is_file():
         shutil.copy2(base / "generation_config.json", tmp / "generation_config.json")
     else:
@@ -179,25 +188,44 @@ def merge_to_dir(recipe: MergeRecipe, out_dir: str | Path, device: str | None = 
     out_dtype = resolve_dtype(recipe.dtype)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     inputs = [p for p, _ in recipe.inputs()]
-    ckpts = check_compatible(recipe.base_model, inputs, check_values=True)
+    vocab = vocabulary_for(recipe)  # loads every tokenizer: a bad one fails here, before any arithmetic
+    others = inputs + [m for m in (vocab.models if vocab else []) if m not in inputs]
+    ckpts = check_compatible(recipe.base_model, others, check_values=True,
+                             vocab_tensors=vocab.tensors if vocab else frozenset())
+    if vocab is not None:
+        check_rows(vocab, ckpts)
     base = ckpts[0]
     by_path = {str(c.path.resolve()): c for c in ckpts}
+
+    def ckpt(p) -> Checkpoint:
+        return by_path[str(Path(p).resolve())]
+
     plan = [(name, *recipe.resolve(name, base.n_layers)) for name in base.names]
     spec = recipe.spec
     stage = _Staging(out_dir)
     with stage as tmp, torch.no_grad():
         writer = ShardWriter(tmp, max_bytes)
         for name, shared, per_model in plan:
-            b = base.get(name, dev)
+            if vocab is not None and name in vocab.tensors:  # token rows re-indexed onto the output vocabulary
+                aligned = vocab.align(name, {m: ckpt(m).get(name, dev) for m in vocab.models})
+                # the base's rows are the reference, or (a linear merge whose YAML names no base: the base is
+                # not gathered) the first model's, whose own delta is then None
+                ref = base if any(ckpt(m) is base for m in aligned) else ckpt(vocab.models[0])
+                b = next(t for m, t in aligned.items() if ckpt(m) is ref)
+                get = lambda c, p: next(t for m, t in aligned.items() if ckpt(m) is c)  # noqa: E731
+            else:
+                ref = base
+                b = base.get(name, dev)
+                get = lambda c, p: c.get(name, dev)  # noqa: E731
             deltas = []
             for p in inputs:
-                c = by_path[str(Path(p).resolve())]
-                deltas.append(None if c is base else c.get(name, dev).to(torch.float32) - b.to(torch.float32)
+                c = ckpt(p)
+                deltas.append(None if c is ref else get(c, p).to(torch.float32) - b.to(torch.float32)
                               if b.is_floating_point() else None)
             merged = merge_tensor(spec, name, b, deltas, shared, per_model, seed=recipe.seed)
             writer.add(name, merged.to(out_dtype) if merged.is_floating_point() else merged)
         writer.finish()
-        _write_metadata(tmp, base.path, recipe, extra_card_text)
+        _write_metadata(tmp, base.path, recipe, extra_card_text, vocab)
     return stage.out
 
 
@@ -220,7 +248,7 @@ def export_merged(materializer: Materializer, recipe: MergeRecipe, out_dir: str 
             assert_finite(t, f"merged tensor {name}")
             writer.add(name, t.to(out_dtype) if t.is_floating_point() else t)
         writer.finish()
-        _write_metadata(tmp, Path(materializer.base_path), recipe, extra_card_text)
+        _write_metadata(tmp, Path(materializer.base_path), recipe, extra_card_text, materializer.vocab)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
     return stage.out

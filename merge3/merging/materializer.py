@@ -28,6 +28,7 @@ from .checks import assert_finite, check_compatible
 from .kernels import Workspace, merge_tensor
 from .recipe import MergeRecipe
 from .sparsify import della_ranks, magnitude_order, outlier_order
+from .vocab import Vocabulary, check_rows, participants
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -96,7 +97,8 @@ def _same(a, b) -> bool:
 class Materializer:
     def __init__(self, base: str | Path, models: list[str | Path], device: str | None = None,
                  dtype: str | torch.dtype | None = None, offload_task_vectors: bool = False,
-                 check_finite: bool = True, fused: bool | None = None, rank_cache: str | bool = "auto"):
+                 check_finite: bool = True, fused: bool | None = None, rank_cache: str | bool = "auto",
+                 tokenizer_source: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -106,7 +108,17 @@ class Materializer:
         self._caching: dict[str, bool] = {}
         self.base_path = str(base)
         self.models = [str(m) for m in models]
-        ckpts = check_compatible(base, models)
+        self.tokenizer_source = tokenizer_source
+        # With a tokenizer_source the resident base and task vectors hold token rows on the output vocabulary's
+        # ids, laid out once here for every recipe: the participants are the models and the base, the base's
+        # rows filling gaps first, as in a recipe that names its base_model (checked by _check_recipe).
+        self.vocab = None
+        if tokenizer_source is not None:
+            ends = self.models + ([] if any(_same(m, base) for m in self.models) else [self.base_path])
+            self.vocab = Vocabulary.build(tokenizer_source, self.base_path, ends, self.base_path)
+        ckpts = check_compatible(base, models, vocab_tensors=self.vocab.tensors if self.vocab else frozenset())
+        if self.vocab is not None:
+            check_rows(self.vocab, ckpts)
         base_ckpt = ckpts[0]
         self.names = base_ckpt.names
         self.n_layers = base_ckpt.n_layers
@@ -121,9 +133,16 @@ class Materializer:
 
         self.model = AutoModelForCausalLM.from_pretrained(base, dtype=self.dtype, use_safetensors=True,
                                                           trust_remote_code=False).to(self.device).eval()
-        # Weights-only folders (e.g. synthetic benchmark models) have no tokenizer: None then.
-        has_tok = any((Path(base) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
-        self.tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=False) if has_tok else None
+        if self.vocab is not None:
+            self.tokenizer = self.vocab.tokenizer
+            if self.model.get_input_embeddings().weight.shape[0] != self.vocab.size:
+                # new rows are overwritten by every candidate; a tied head follows the embedding
+                self.model.resize_token_embeddings(self.vocab.size, mean_resizing=False)
+        else:
+            # Weights-only folders (e.g. synthetic benchmark models) have no tokenizer: None then.
+            has_tok = any((Path(base) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json",
+                                                                 "tokenizer.model"))
+            self.tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=False) if has_tok else None
         targets = dict(self.model.named_parameters())
         targets.update(dict(self.model.named_buffers()))
         missing = [n for n in self.names if n not in targets]
@@ -135,8 +154,9 @@ class Materializer:
         self._base: dict[str, torch.Tensor] = {}
         self._tv: dict[str, list] = {}   # model path -> per-name task vectors (None for the base itself)
         others = {str(m): c for m, c in zip([m for m in self.models if not _same(m, base)], ckpts[1:])}
+        aligned = self._aligned(base_ckpt, others)
         for name in self.names:
-            b = base_ckpt.get(name)
+            b = aligned[name][self.base_path] if name in aligned else base_ckpt.get(name)
             if check_finite:
                 assert_finite(b, f"{base}: tensor {name}")
             self._base[name] = b.to(device=self.device, dtype=self._store_dtype(b))
@@ -146,10 +166,10 @@ class Materializer:
                 continue
             ck, tvs = others[m], {}
             for name in self.names:
-                x = ck.get(name)
+                x = aligned[name][m] if name in aligned else ck.get(name)
                 if check_finite:
                     assert_finite(x, f"{m}: tensor {name}")
-                b = base_ckpt.get(name)
+                b = aligned[name][self.base_path] if name in aligned else base_ckpt.get(name)
                 d = (x.to(torch.float32) - b.to(torch.float32)) if x.is_floating_point() else x
                 d = d.to(self._store_dtype(x))
                 tvs[name] = d.pin_memory() if self.offload else d.to(self.device)
@@ -159,6 +179,18 @@ class Materializer:
         self._plans: dict = {}
         self._ranks: dict = {}   # (sparsifier, id(task vector)) -> its cached ranks
         self._work = Workspace()
+
+    def _aligned(self, base_ckpt, others: dict) -> dict[str, dict[str, torch.Tensor]]:
+        """Token-indexed tensor name -> participant -> its rows on the output vocabulary (empty without one)."""
+        if self.vocab is None:
+            return {}
+        ckpt = {m: (base_ckpt if _same(m, self.base_path) else others[m]) for m in self.vocab.models}
+        out = {}
+        for name in self.names:
+            if name in self.vocab.tensors:
+                rows = self.vocab.align(name, {m: c.get(name) for m, c in ckpt.items()})
+                out[name] = {(self.base_path if _same(m, self.base_path) else m): t for m, t in rows.items()}
+        return out
 
     def _store_dtype(self, t: torch.Tensor) -> torch.dtype:
         return self.dtype if t.is_floating_point() else t.dtype
@@ -171,6 +203,15 @@ class Materializer:
             raise ValueError(f"recipe models {recipe.models} are not the materializer's {self.models} (same order)")
         if recipe.base_model and not _same(recipe.base_model, self.base_path):
             raise ValueError(f"recipe base_model {recipe.base_model} is not the materializer's base {self.base_path}")
+        if recipe.tokenizer_source != self.tokenizer_source:
+            raise ValueError(f"recipe tokenizer_source {recipe.tokenizer_source!r} is not the materializer's "
+                             f"{self.tokenizer_source!r} (the vocabulary is laid out when it is built)")
+        if self.vocab is not None:
+            _, ends, prefer = participants(recipe)
+            if prefer is None or {str(Path(m).resolve()) for m in ends} != {str(Path(m).resolve())
+                                                                         for m in self.vocab.models}:
+                raise ValueError("with a tokenizer_source the materializer merges recipes that name their "
+                                 "base_model (a linear recipe without one aligns vocabularies differently)")
 
     def _plan(self, recipe: MergeRecipe) -> list:
         """Per-tensor resolved parameters, computed (and checked) for every tensor before any arithmetic."""

@@ -21,8 +21,10 @@ import yaml
 from .methods import PER_MODEL, SHARED, MethodSpec, Param, get_method
 
 DTYPES = ("float32", "float16", "bfloat16")
-_TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "merge3_seed"}
-_IGNORED_KEYS = {"tokenizer_source", "out_dtype"}  # harmless for the methods here: the base's tokenizer is copied
+_TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "merge3_seed", "tokenizer_source"}
+_IGNORED_KEYS = {"out_dtype"}
+# mergekit's tokenizer_source values merge3 builds (a model path as the source is not supported): see vocab.py
+TOKENIZER_SOURCES = ("base", "union")
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
@@ -124,6 +126,13 @@ def check_value(p: Param, value, where: str) -> None:
         raise ValueError(f"{where}: consensus_method must be 'sum' or 'count', got {value!r}")
 
 
+def check_tokenizer_source(value, where: str) -> None:
+    """None, base or union; one-line ValueError naming ``where`` otherwise."""
+    if value is not None and value not in TOKENIZER_SOURCES:
+        raise ValueError(f"{where}: expected base or union (or no key: the base's vocabulary shared by every "
+                         f"model), got {value!r}; a model path as the tokenizer source is not supported")
+
+
 @dataclass
 class MergeRecipe:
     method: str
@@ -133,6 +142,7 @@ class MergeRecipe:
     model_parameters: list[dict] = field(default_factory=list)
     dtype: str = "float32"
     seed: int | None = None
+    tokenizer_source: str | None = None  # None: every model must share the base's vocabulary (vocab.py)
 
     def __post_init__(self):
         self.base_model = str(self.base_model) if self.base_model else ""
@@ -204,6 +214,7 @@ class MergeRecipe:
                         raise ValueError(f"{self.method} needs {p.name} for model {m}")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        check_tokenizer_source(self.tokenizer_source, "tokenizer_source")
         return self
 
     def _check_setting(self, p: Param, setting, where: str) -> None:
@@ -265,6 +276,8 @@ class MergeRecipe:
         if self.parameters:
             d["parameters"] = _plain(self.parameters)
         d["dtype"] = self.dtype
+        if self.tokenizer_source is not None:
+            d["tokenizer_source"] = self.tokenizer_source
         if self.seed is not None:
             d["merge3_seed"] = int(self.seed)
         return d
@@ -312,7 +325,8 @@ class MergeRecipe:
             base = models[0]  # linear needs no base: the first model gives config and tokenizer
         return cls(method=d["merge_method"], base_model=path(base) if base else "", models=models,
                    parameters=dict(d.get("parameters") or {}), model_parameters=mparams,
-                   dtype=str(d.get("dtype") or "float32"), seed=seed)
+                   dtype=str(d.get("dtype") or "float32"), seed=seed,
+                   tokenizer_source=d.get("tokenizer_source"))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "MergeRecipe":

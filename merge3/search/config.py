@@ -23,6 +23,7 @@ from ..calibration import DEFAULT_RANDOM_MERGES, check_irt_settings
 from ..irt.anchors import METHODS as ANCHOR_METHODS
 from ..irt.estimators import ESTIMATORS
 from ..scoring import FITNESS_TYPES
+from ..merging.recipe import check_tokenizer_source
 from ..yamlfile import read_yaml_mapping
 from .algorithms import ALGORITHMS, MULTI_OBJECTIVE, SINGLE_OBJECTIVE, STEADY_STATE
 
@@ -55,6 +56,9 @@ class MergeSpace:
     fixed: dict = key("parameters held fixed: {name: value}", {})
     layer_granularity: int = key("0: one value per model; k > 0: one value per group of k layers", 0)
     filters: list = key("per-tensor-group variants (e.g. [self_attn, mlp]): separate genes for each", [])
+    tokenizer_source: str | None = key("endpoints whose vocabulary differs from the base's: base (the base's "
+                                       "tokens) or union (plus every added token); rows aligned by token as in "
+                                       "mergekit. null: every model has the base's vocabulary", None)
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,10 @@ class SearchConfig:
         return self.algorithm.pop_size * self.algorithm.generations
 
     def genome_config(self) -> dict:
-        return dataclasses.asdict(self.merge)
+        d = dataclasses.asdict(self.merge)
+        if d["tokenizer_source"] is None:  # the default: genomes (and calibrations) from before the key stay valid
+            del d["tokenizer_source"]
+        return d
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -221,6 +228,8 @@ class SearchConfig:
         for name, default in (("refresh", False), ("target_sd", 0.03), ("batch", 4)):
             if anchors[name] == default:
                 del anchors[name]
+        if keep["merge"]["tokenizer_source"] is None:  # the default: digests from before the key stay valid
+            keep["merge"] = {k: v for k, v in keep["merge"].items() if k != "tokenizer_source"}
         if keep["algorithm"]["dispatch"] == "generational":  # the default: digests from before the key stay valid
             keep["algorithm"] = {k: v for k, v in keep["algorithm"].items() if k != "dispatch"}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -385,6 +394,12 @@ def _check_merge(merge: dict) -> None:
     _num(merge["layer_granularity"], "merge.layer_granularity", 0, integer=True)
     if not isinstance(merge["filters"], list):
         raise ValueError(f"config key 'merge.filters': expected a list, got {merge['filters']!r}")
+    check_tokenizer_source(merge["tokenizer_source"], "config key 'merge.tokenizer_source'")
+    if merge["tokenizer_source"] is not None and merge["method"] == "linear":
+        # a linear recipe names no base_model, so mergekit would align it without one: not what the resident
+        # vocabulary of the workers' materializer is laid out for
+        raise ValueError("config key 'merge.tokenizer_source': not supported with method linear in a search "
+                         "(use task_arithmetic)")
 
 
 def _check_fitness(fit: dict, seed: int, raw_fitness: dict, base_dir: Path | None) -> None:

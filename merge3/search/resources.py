@@ -76,7 +76,14 @@ def validate_resources(cfg: SearchConfig) -> None:
     from ..merging.checks import check_compatible
 
     try:
-        check_compatible(cfg.base, cfg.models)
+        source = cfg.merge.tokenizer_source
+        if source is None:
+            check_compatible(cfg.base, cfg.models)
+        else:  # the vocabularies may differ: tokenizers loaded and rows checked now, before any evaluation
+            from ..merging.vocab import Vocabulary, check_rows
+
+            vocab = Vocabulary.build(source, cfg.base, list(cfg.models) + [cfg.base], cfg.base)
+            check_rows(vocab, check_compatible(cfg.base, cfg.models, vocab_tensors=vocab.tensors))
     except ValueError as exc:
         raise ValueError(f"config key 'models': incompatible models: {exc}") from None
     g = make_genome(cfg)
