@@ -195,7 +195,10 @@ def main(argv=None) -> int:
         "random20_best": best20 and {"estimator": best20["estimator"], "mae": best20["mae"]},
         "items_per_task_for_random20_mae": as_good and as_good["items_mean"],
         "mae_le_2_with_ge_50x": any(r["mae"] <= 2 and r["cost_ratio"] >= 50 for r in adaptive)}
-    report = {"rows": rows, "calibration": calibration, "goals": goals,
+    report = {"command": "python benchmarks/bench_estimation.py " + " ".join(
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()
+                  if k not in ("out", "cached_only") and v is not None),
+              "rows": rows, "calibration": calibration, "goals": goals,
               "setup": {"world": str(world.root), "world_size": world.spec.size, "tasks": tasks,
                         "items_per_model": n_full, "n_calibration_merges": a.n_cal, "n_test_merges": len(fulls),
                         "anchor_seeds": a.anchor_seeds, "genome": GENOME, "seed": a.seed,
