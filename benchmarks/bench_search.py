@@ -253,8 +253,8 @@ def summarize(runs: list[dict], variant: str, cal_items: int) -> dict:
 
     full_true, full_items = mean("full", "best_verified_true"), mean("full", "items_evaluated")
     items, extra = mean(variant, "items_evaluated"), mean(variant, "verification_items")
-    row = {"variant": variant, "mechanisms": VARIANTS[variant], "best_verified_true": mean(variant, "best_verified_true"),
-           "best_by_estimate_true": mean(variant, "best_by_estimate_true"), "items": items,
+    row = {"variant": variant, "mechanisms": VARIANTS[variant],
+           "best_verified_true": mean(variant, "best_verified_true"), "best_by_estimate_true": mean(variant, "best_by_estimate_true"), "items": items,
            "verification_items": extra, "front_abs_error_mean": 100 * mean(variant, "front_abs_error"),
            "seconds": mean(variant, "wall_seconds")}
     if full_true:
