@@ -88,7 +88,7 @@ def _doc(text: str, default=None):
 class CalibrationConfig:
     """A calibration config (``merge3 calibrate`` YAML); the search's ``auto`` calibration builds one too."""
 
-    world: str | None = _doc("micro, small, or the path of a built world (gives base, endpoints, tasks, "
+    world: str | None = _doc("micro, small, smollm2, or the path of a built world (gives base, endpoints, tasks, "
                              "include_path)")
     base: str | None = _doc("base model path (overrides the world's)")
     endpoints: list | dict | None = _doc("endpoint model paths: a list, or {name: path} (overrides the world's)")
@@ -145,6 +145,8 @@ class CalibrationConfig:
 
     def relative_to(self, here: Path) -> "CalibrationConfig":
         """Paths in the config taken relative to ``here`` (the config file's directory)."""
+        from .world import is_world_name
+
         def rel(p):
             return str(p) if Path(p).is_absolute() else str(here / p)
 
@@ -156,7 +158,7 @@ class CalibrationConfig:
         return dataclasses.replace(
             self, base=self.base and rel(self.base), include_path=self.include_path and rel(self.include_path),
             import_item_params=self.import_item_params and rel(self.import_item_params),
-            world=self.world if self.world in (None, "micro", "small") else rel(self.world),
+            world=self.world if self.world is None or is_world_name(self.world) else rel(self.world),
             endpoints=endpoints, import_responses=[rel(p) for p in self.import_responses])
 
 

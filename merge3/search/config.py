@@ -169,7 +169,7 @@ class SearchConfig:
     name: str | None = key("run name, used for the default run directory runs/<name> (default: the config "
                            "file's stem)", None)
     seed: int = key("run seed: algorithm randomness, merge seeds (derived per candidate) and anchor choice", 0)
-    world: str | None = key("a tiny world (micro, small or the path of a built world); lets base/models/tasks "
+    world: str | None = key("a world (micro, small, smollm2 or the path of a built world); lets base/models/tasks "
                             "use its names", None)
     base: str = key("base model: a path to a Hugging Face folder, or a world model name (base)")
     models: list = key("endpoint models merged onto the base: paths or world model names (math_en, lang_vl, "

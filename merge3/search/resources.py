@@ -33,10 +33,10 @@ def resolve_paths(cfg: SearchConfig, base_dir: Path | None = None) -> SearchConf
     """Turns world names into absolute paths (building or reusing the world when named by size)."""
     world, world_ref = None, cfg.world
     if cfg.world is not None:
-        from ..world import SIZES, load_world, resolve_world
+        from ..world import is_world_name, load_world, resolve_world
 
         ref = str(cfg.world)
-        if ref in SIZES:
+        if is_world_name(ref):
             world = resolve_world(ref)
         else:
             p = Path(ref).expanduser()

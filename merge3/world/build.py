@@ -81,10 +81,28 @@ def endpoint_steps(spec: "WorldSpec", name: str) -> int:
     return max(1, round(spec.endpoint_steps * STEP_SHARE[name]))
 
 
-def world_spec(size: str, seed: int = 0) -> WorldSpec:
+def is_world_name(ref) -> bool:
+    """Whether ``ref`` names a world merge3 builds (micro, small, smollm2) rather than a path."""
+    from .real import REAL_SIZES
+
+    return str(ref) in SIZES or str(ref) in REAL_SIZES
+
+
+def world_spec(size: str, seed: int = 0):
+    """The spec of a tiny world (micro, small) or of a real-model world (smollm2: ``merge3.world.real``)."""
+    from .real import REAL_SIZES, real_world_spec
+
+    if size in REAL_SIZES:
+        return real_world_spec(size, seed)
     if size not in SIZES:
-        raise ValueError(f"unknown world size {size!r}: expected one of {', '.join(SIZES)}")
+        raise ValueError(f"unknown world size {size!r}: expected one of {', '.join([*SIZES, *REAL_SIZES])}")
     return WorldSpec(size=size, seed=seed, **SIZES[size])
+
+
+def _spec_from_json(spec: dict):
+    from .real import RealWorldSpec
+
+    return RealWorldSpec(**spec) if spec.get("kind") == "real" else WorldSpec(**spec)
 
 
 @dataclass
@@ -139,7 +157,7 @@ def load_world(root: Path, verify: bool = True) -> World:
         raise FileNotFoundError(f"{meta_path}: not a merge3 world (no world.json); build one with `merge3 world build`")
     try:
         meta = json.loads(meta_path.read_text())
-        world = World(root=Path(root), spec=WorldSpec(**meta["spec"]), files=dict(meta["files"]))
+        world = World(root=Path(root), spec=_spec_from_json(meta["spec"]), files=dict(meta["files"]))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{meta_path}: malformed world file ({exc})") from None
     if verify:
@@ -179,8 +197,8 @@ def verify_world(world: World) -> None:
 
 
 def resolve_world(name_or_path: str) -> World:
-    """``micro``/``small`` (built or reused from the cache) or the path of a built world."""
-    if name_or_path in SIZES:
+    """``micro``/``small``/``smollm2`` (built or reused from the cache) or the path of a built world."""
+    if is_world_name(name_or_path):
         return build_world(name_or_path)
     return load_world(Path(name_or_path))
 
@@ -223,7 +241,12 @@ def build_world(size: str = "small", out: str | Path | None = None, seed: int = 
     return load_world(root)
 
 
-def _build_into(tmp: Path, final: Path, spec: WorldSpec, progress: bool) -> None:
+def _build_into(tmp: Path, final: Path, spec, progress: bool) -> None:
+    if getattr(spec, "kind", None) == "real":
+        from .real import build_into
+
+        _write_meta(tmp, build_into(tmp, final, spec, progress))
+        return
     from .train import make_tokenizer  # torch is imported only when building
 
     lexicon = L.Lexicon.build(spec.seed, spec.creatures)
@@ -242,9 +265,13 @@ def _build_into(tmp: Path, final: Path, spec: WorldSpec, progress: bool) -> None
     finally:
         torch.set_num_threads(threads)
 
-    files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*"))
-             if p.is_file() and (p.suffix in (".safetensors", ".jsonl"))}
-    meta = {"spec": asdict(spec), "hash": spec.digest(), "tasks": T.TASKS, "endpoints": ENDPOINTS, "files": files}
+    _write_meta(tmp, {"spec": asdict(spec), "hash": spec.digest(), "tasks": T.TASKS, "endpoints": ENDPOINTS})
+
+
+def _write_meta(tmp: Path, meta: dict) -> None:
+    """world.json, written last: the spec and the sha256 of every weight and data file."""
+    meta["files"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*"))
+                     if p.is_file() and (p.suffix in (".safetensors", ".jsonl"))}
     (tmp / "world.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
