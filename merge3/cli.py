@@ -172,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         quiet_third_party()
     try:
         return args.func(args)
-    except (ValueError, OSError) as exc:
-        # User errors, unreachable clusters, full or read-only disks: one clear line naming the key or file.
+    except (ValueError, OSError, ModuleNotFoundError) as exc:
+        # User errors, unreachable clusters, full or read-only disks, a missing optional package: one clear
+        # line naming the key, file or package.
         print(f"merge3: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what was logged stays; the search said how to resume

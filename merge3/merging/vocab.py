@@ -132,8 +132,10 @@ class Vocabulary:
         if sorted(out_vocab.values()) != list(range(size)):
             raise ValueError(f"{base}: the output tokenizer's ids are not 0..{size - 1}; cannot lay out its rows")
         by_id = sorted(out_vocab, key=out_vocab.get)
-        rows = {m: torch.tensor([vocabs[_key(m, order)].get(t, -1) for t in by_id], dtype=torch.int64)
-                for m in models}
+        rows = {}
+        for m in models:
+            vocab = vocabs[_key(m, order)]  # once per model: it resolves paths (a vocabulary has ~50K tokens)
+            rows[m] = torch.tensor([vocab.get(t, -1) for t in by_id], dtype=torch.int64)
         return cls(source, out_tok, size, list(models), rows, prefer, vocabulary_tensors(base), base=base,
                    tokenizer_changed=size != len(vocabs[base]))
 

@@ -233,6 +233,10 @@ def build_world(size: str = "small", out: str | Path | None = None, seed: int = 
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not a merge3 world; choose an empty or new --out")
     _check_writable(root)
+    if getattr(spec, "kind", None) == "real":  # the checkpoint first: a missing package is said before any work
+        from ..pretrained import pretrained_folder
+
+        pretrained_folder(spec.pretrained, dtype="float32", progress=print if progress else (lambda m: None))
 
     from ..files import publish_dir
 
@@ -285,18 +289,88 @@ def _train_all(tmp: Path, spec: WorldSpec, lexicon, tokenizer, progress: bool) -
         docs = T.corpus_documents("base", lexicon, spec.seed, spec.base_steps * spec.batch)
         train_model(base, tokenizer, docs, spec, spec.base_steps, spec.base_lr, seed=spec.seed, bar=bar, label="base")
         _save(base, tokenizer, tmp / "models" / "base")
-        for i, name in enumerate(ENDPOINTS):
-            model = new_model(spec, len(tokenizer))
-            model.load_state_dict(base.state_dict())
-            steps = endpoint_steps(spec, name)
-            docs = T.corpus_documents(name, lexicon, spec.seed, steps * spec.batch)
-            rows = _veltic_rows(tokenizer, lexicon) if name == "lang_vl" else None
-            train_model(model, tokenizer, docs, spec, steps, spec.endpoint_lr * LR_SCALE[name],
-                        seed=spec.seed + 1 + i, bar=bar, label=name, weight_decay=0.0,
-                        frozen=FROZEN[name], rows=rows)
-            _save(model, tokenizer, tmp / "models" / name)
+        jobs = [(str(tmp), asdict(spec), name, i, tokenizer, base.state_dict()) for i, name in enumerate(ENDPOINTS)]
+        workers = min(len(jobs), build_processes())
+        if workers == 1:
+            for job in jobs:
+                _train_endpoint(*job, bar=bar)
+        else:
+            _train_in_processes(jobs, workers, bar)
     finally:
         bar.close()
+
+
+def build_processes() -> int:
+    """Cores this process may use: the endpoints' fine-tunes run on that many processes (at most 3)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _train_endpoint(tmp: str, spec: dict, name: str, index: int, tokenizer, base_state: dict, bar=None) -> None:
+    """Fine-tunes one endpoint from the base on one thread (in this process or a worker process: the same
+    bits either way, since each fine-tune is single-threaded and seeded by its index) and saves it."""
+    import torch
+
+    from .train import new_model, train_model
+
+    torch.set_num_threads(1)
+    spec = WorldSpec(**spec)
+    lexicon = L.Lexicon.build(spec.seed, spec.creatures)
+    model = new_model(spec, len(tokenizer))
+    model.load_state_dict(base_state)
+    steps = endpoint_steps(spec, name)
+    docs = T.corpus_documents(name, lexicon, spec.seed, steps * spec.batch)
+    rows = _veltic_rows(tokenizer, lexicon) if name == "lang_vl" else None
+    train_model(model, tokenizer, docs, spec, steps, spec.endpoint_lr * LR_SCALE[name], seed=spec.seed + 1 + index,
+                bar=bar or _QueueBar(), label=name, weight_decay=0.0, frozen=FROZEN[name], rows=rows)
+    _save(model, tokenizer, Path(tmp) / "models" / name)
+
+
+_QUEUE = None  # a worker process's channel for progress (set by _init_worker)
+
+
+class _QueueBar:
+    """What train_model needs of a progress bar, sent to the parent process's bar."""
+
+    def update(self, k: int = 1) -> None:
+        _QUEUE.put(k)
+
+    def set_postfix_str(self, s: str) -> None:
+        _QUEUE.put(s)
+
+
+def _init_worker(queue) -> None:
+    global _QUEUE
+    _QUEUE = queue
+
+
+def _train_in_processes(jobs: list[tuple], workers: int, bar) -> None:
+    """The endpoints' fine-tunes, independent of one another, on ``workers`` single-threaded processes."""
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("spawn")  # no fork of a process that has torch's thread pools running
+    updates = ctx.Queue()
+
+    def relay() -> None:
+        while True:
+            try:
+                msg = updates.get_nowait()
+            except queue_mod.Empty:
+                return
+            bar.update(msg) if isinstance(msg, int) else bar.set_postfix_str(msg)
+
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(updates,)) as pool:
+        pending = {pool.submit(_train_endpoint, *job) for job in jobs}
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
+            relay()
+            for f in done:
+                if f.exception() is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise f.exception()
+    relay()
 
 
 def _veltic_rows(tokenizer, lexicon) -> list[int]:
