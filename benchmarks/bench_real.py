@@ -6,7 +6,7 @@ Every stage is merge3's own, unchanged: ``merge3.calibration.calibrate`` (base, 
 every item; py-irt fit), ``merge3.search.run`` (GA on the target, gmp-IRT on random anchors, verified winners),
 and ``CandidateScorer`` (materializer + lm-eval) for the table. Runs in this process (no Ray):
 
-    .venv/bin/python benchmarks/bench_real.py [--world smollm2] [--n-cal 4] [--n 10] [--pop 4] [--generations 3]
+    .venv/bin/python benchmarks/bench_real.py [--world smollm2] [--n-cal 3] [--n 10] [--pop 4] [--generations 3]
 
 Prints the table, writes benchmarks/results/real.json.
 """
@@ -50,7 +50,7 @@ def count_params(folder: Path) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--world", default="smollm2")
-    ap.add_argument("--n-cal", type=int, default=4, help="random merges in the calibration population")
+    ap.add_argument("--n-cal", type=int, default=3, help="random merges in the calibration population")
     ap.add_argument("--n", type=int, default=10, help="anchors per task")
     ap.add_argument("--pop", type=int, default=4)
     ap.add_argument("--generations", type=int, default=3)
@@ -147,7 +147,7 @@ def main() -> None:
         "items_per_task": world.spec.items_per_task, "target_task": TARGET, "rows": rows,
         "best_merge": {"model": "best merge (short IRT search, verified)", "genome": best["genome"],
                        "seed": best["seed"], "recipe": recipe.to_dict() if hasattr(recipe, "to_dict") else None,
-                       "estimated": best.get("objectives"), "verified": best["verified"], **best_acc},
+                       "estimated": best["estimates"], "verified": best["verified"], **best_acc},
         "search": {"candidates": res.n_evaluations, "items_evaluated": res.items_evaluated,
                    "verification_items": res.verification_items, "calibration_items": cal_items,
                    "anchors_per_task": args.n, "pop_size": args.pop, "generations": args.generations,

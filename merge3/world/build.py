@@ -260,8 +260,9 @@ def _build_into(tmp: Path, final: Path, spec, progress: bool) -> None:
     import torch
 
     tokenizer = make_tokenizer(lexicon.vocabulary())
-    # One thread: the same floating-point reductions on every machine (so the same weights), and no thread
-    # contention on a busy machine (two threads competing with other work ran ten times slower).
+    # One thread: the same floating-point reductions on every machine with the same kind of CPU (so the same
+    # weights; other vector units pick other kernels), and no thread contention on a busy machine (two threads
+    # competing with other work ran ten times slower).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -301,7 +302,7 @@ def _train_all(tmp: Path, spec: WorldSpec, lexicon, tokenizer, progress: bool) -
 
 
 def build_processes() -> int:
-    """Cores this process may use: the endpoints' fine-tunes run on that many processes (at most 3)."""
+    """Cores this process may use: the endpoints' fine-tunes run on that many processes (at most one each)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 

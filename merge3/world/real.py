@@ -12,7 +12,7 @@ labour, so their task vectors compose in a merge:
 The layout is a tiny world's (``world.json``, ``models/<name>/``, ``tasks/``), so the search, calibration,
 status, export and the benchmarks take it by name (``smollm2``) or by path::
 
-    merge3 world build --size smollm2      # about 15 minutes on 2 CPU cores, once; cached like the tiny worlds
+    merge3 world build --size smollm2      # about 8 minutes on 2 CPU cores, once; cached like the tiny worlds
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def build_into(tmp: Path, final: Path, spec: RealWorldSpec, progress: bool) -> d
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..pretrained import pretrained_folder
+    from ..files import usual_mode
+    from ..pretrained import MARKER, pretrained_folder
     from ..progress import progress as _progress
     from ..quiet import muted
     from .build import ENDPOINTS
@@ -93,7 +94,7 @@ def build_into(tmp: Path, final: Path, spec: RealWorldSpec, progress: bool) -> d
     source = pretrained_folder(spec.pretrained, dtype="float32", progress=print if progress else (lambda m: None))
     base_dir = tmp / "models" / "base"
     shutil.copytree(source, base_dir)
-    (base_dir / "merge3_pretrained.json").unlink(missing_ok=True)
+    (base_dir / MARKER).unlink(missing_ok=True)  # the world's base is a model folder, not a conversion
     with muted("transformers"):
         tokenizer = AutoTokenizer.from_pretrained(source)
     bar = _progress(sum(spec.steps[n] for n in ENDPOINTS), f"fine-tuning {spec.size} endpoints", progress)
@@ -107,9 +108,7 @@ def build_into(tmp: Path, final: Path, spec: RealWorldSpec, progress: bool) -> d
             out = tmp / "models" / name
             model.save_pretrained(out, safe_serialization=True)
             tokenizer.save_pretrained(out)
-            from ..files import usual_mode
-
-            usual_mode(*out.iterdir())
+            usual_mode(*out.iterdir())  # transformers writes the weights 0600
     finally:
         bar.close()
     return {"spec": asdict(spec), "hash": spec.digest(), "tasks": T.TASKS, "endpoints": ENDPOINTS,
