@@ -68,6 +68,7 @@ def main() -> None:
     from merge3.merging.recipe import MergeRecipe
     from merge3.scoring import CandidateScorer, ScorerSpec
     from merge3.search import run
+    from merge3.search.workers import inline_pool
     from merge3.world import resolve_world
     from merge3.world.build import default_cache
 
@@ -101,7 +102,7 @@ def main() -> None:
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     t = time.time()
-    res = run(cfg, run_dir=run_dir, progress=True, pool_factory=_inline_pool)
+    res = run(cfg, run_dir=run_dir, progress=True, pool_factory=inline_pool)
     search_seconds = time.time() - t
     best = res.verified[0]
     print(f"search: {res.n_evaluations} candidates, {res.items_evaluated} items + {res.verification_items} "
@@ -146,7 +147,7 @@ def main() -> None:
                                                                   "batch": world.spec.batch, "block": world.spec.block},
         "items_per_task": world.spec.items_per_task, "target_task": TARGET, "rows": rows,
         "best_merge": {"model": "best merge (short IRT search, verified)", "genome": best["genome"],
-                       "seed": best["seed"], "recipe": recipe.to_dict() if hasattr(recipe, "to_dict") else None,
+                       "seed": best["seed"], "recipe": recipe.to_dict(),
                        "estimated": best["estimates"], "verified": best["verified"], **best_acc},
         "search": {"candidates": res.n_evaluations, "items_evaluated": res.items_evaluated,
                    "verification_items": res.verification_items, "calibration_items": cal_items,
@@ -164,13 +165,6 @@ def main() -> None:
     print(f"\nper candidate: merge {cost['merge_seconds']:.2f} s, evaluate {items_per_candidate} items "
           f"{cost['eval_seconds']:.2f} s ({cost['items_per_second']:.1f} items/s; every item: "
           f"{cost['items_per_second_full']:.1f} items/s)")
-
-
-def _inline_pool(spec, workers, address=None, log=None):
-    from merge3.scoring import CandidateScorer
-    from merge3.search.workers import InlinePool
-
-    return InlinePool(CandidateScorer(spec).score)
 
 
 if __name__ == "__main__":

@@ -98,14 +98,6 @@ def calibration_config(world: str, args) -> dict:
             "eval": {"device": "cpu", "batch_size": 64}}
 
 
-def inline_pool(spec, workers, address=None, log=None):
-    """The run's candidates scored in this process (one scorer per run)."""
-    from merge3.scoring import CandidateScorer
-    from merge3.search.workers import InlinePool
-
-    return InlinePool(CandidateScorer(spec).score)
-
-
 class TrueScorer:
     """Full-benchmark scores of logged candidates, re-created exactly from (genome, merge seed); cached."""
 
@@ -164,6 +156,7 @@ def main() -> None:
 
     from merge3.calibration import Calibration, calibrate
     from merge3.search import run
+    from merge3.search.workers import inline_pool
     from merge3.world import resolve_world
     from merge3.world.build import default_cache
 
@@ -253,8 +246,8 @@ def summarize(runs: list[dict], variant: str, cal_items: int) -> dict:
 
     full_true, full_items = mean("full", "best_verified_true"), mean("full", "items_evaluated")
     items, extra = mean(variant, "items_evaluated"), mean(variant, "verification_items")
-    row = {"variant": variant, "mechanisms": VARIANTS[variant],
-           "best_verified_true": mean(variant, "best_verified_true"), "best_by_estimate_true": mean(variant, "best_by_estimate_true"), "items": items,
+    row = {"variant": variant, "mechanisms": VARIANTS[variant], "best_verified_true": mean(variant, "best_verified_true"),
+           "best_by_estimate_true": mean(variant, "best_by_estimate_true"), "items": items,
            "verification_items": extra, "front_abs_error_mean": 100 * mean(variant, "front_abs_error"),
            "seconds": mean(variant, "wall_seconds")}
     if full_true:

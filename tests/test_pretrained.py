@@ -77,6 +77,7 @@ def test_smollm2_search_on_anchors_exports_a_model_that_generates(tmp_path):
 
     from merge3.search import run
     from merge3.search.export import export_run
+    from merge3.search.workers import inline_pool
     from merge3.world import language as L
     from merge3.world import tasks as T
 
@@ -94,7 +95,7 @@ def test_smollm2_search_on_anchors_exports_a_model_that_generates(tmp_path):
            "fitness": {"type": "anchor", "anchors": {"method": "random", "n": 2}, "verify_top_k": 1},
            "algorithm": {"name": "ga", "pop_size": 2, "generations": 2},
            "evaluation": {"device": "cpu", "batch_size": 8}}
-    res = run(cfg, run_dir=tmp_path / "run", progress=False, pool_factory=_inline_pool)
+    res = run(cfg, run_dir=tmp_path / "run", progress=False, pool_factory=inline_pool)
     ok = [r for r in res.evaluations if r["status"] == "ok"]
     assert len(ok) == 4, [r.get("error") for r in res.evaluations]
     for r in ok:  # answered by lm-eval from the live merged model: 2 anchors x 2 tasks, each right or wrong
@@ -113,13 +114,6 @@ def test_smollm2_search_on_anchors_exports_a_model_that_generates(tmp_path):
                                    return_tensors="pt", return_dict=True)
     new = model.generate(**chat, max_new_tokens=6, do_sample=False)[0][chat["input_ids"].shape[1]:]
     assert tok.decode(new, skip_special_tokens=True).strip()
-
-
-def _inline_pool(spec, workers, address=None, log=None):
-    from merge3.scoring import CandidateScorer
-    from merge3.search.workers import InlinePool
-
-    return InlinePool(CandidateScorer(spec).score)
 
 
 def test_real_world_without_the_package_says_how_to_install(monkeypatch, tmp_path):

@@ -55,6 +55,11 @@ class InlinePool:
         pass
 
 
+def inline_pool(spec, workers=None, address=None, log=None) -> InlinePool:
+    """A search's ``pool_factory`` that scores every candidate in this process with one scorer (no Ray)."""
+    return InlinePool(CandidateScorer(spec).score)
+
+
 class ThreadPool:
     def __init__(self, score: Callable, n_workers: int, name: str = "thread"):
         from concurrent.futures import ThreadPoolExecutor

@@ -4,5 +4,5 @@ from .build import (ENDPOINTS, SIZES, World, WorldSpec, build_world, is_world_na
                     world_spec)
 from .tasks import TASKS
 
-__all__ = ["ENDPOINTS", "SIZES", "TASKS", "World", "WorldSpec", "build_world", "is_world_name", "load_world", "resolve_world",
-           "world_spec"]
+__all__ = ["ENDPOINTS", "SIZES", "TASKS", "World", "WorldSpec", "build_world", "is_world_name", "load_world",
+           "resolve_world", "world_spec"]
