@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from merge3.merging import draws as D
 from merge3.merging import sparsify as S
 from merge3.merging.kernels import merge_tensor
 from merge3.merging.methods import METHODS, get_method
@@ -108,7 +109,7 @@ def test_random_methods_reproducible_and_seeded(method):
 @pytest.mark.parametrize("density", [0.1, 0.5, 0.9])
 def test_dare_keeps_density_and_matches_l1(density):
     x = _delta(5, (256, 256))
-    g = torch.Generator().manual_seed(0)
+    g = D.key(0, "t", 0)
     y = S.random(x, density, g, rescale=True)
     kept = (y != 0).float().mean().item()
     assert abs(kept - density) < 0.01
@@ -120,14 +121,14 @@ def test_dare_keeps_density_and_matches_l1(density):
 
 def test_della_prefers_large_magnitudes():
     x = _delta(6, (64, 512))
-    g = torch.Generator().manual_seed(0)
+    g = D.key(0, "t", 0)
     y = S.della(x, 0.5, 0.3, g, rescale=False)
     kept = y != 0
     assert abs(kept.float().mean().item() - 0.5) < 0.02
     ranks = S.della_ranks(x).float() / 511
     assert kept[ranks > 0.8].float().mean() > 0.7 and kept[ranks < 0.2].float().mean() < 0.3
-    torch.testing.assert_close(S.della(x, 0.5, 0.3, torch.Generator().manual_seed(1), ranks=S.della_ranks(x)),
-                               S.della(x, 0.5, 0.3, torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(S.della(x, 0.5, 0.3, D.key(1, "t", 0), ranks=S.della_ranks(x)),
+                               S.della(x, 0.5, 0.3, D.key(1, "t", 0)))
 
 
 def test_slerp_lerp_fallback_and_endpoints():

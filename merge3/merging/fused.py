@@ -7,10 +7,11 @@ them into one loop that reads each input once and writes the live parameter once
 
 Results are bit-identical to the eager kernels on CPU (every scalar is rounded to float32 here, as the eager
 kernels round it; Inductor compiles without floating-point contraction, except for the weighted sum, whose
-eager ``add_(d, alpha=s)`` is a fused multiply-add): ``tests/test_fused.py`` checks it for every method. What
-does not fuse stays eager and is computed exactly as the eager kernels compute it: the random draws (one
-generator stream per tensor and model), the L1 norms of DARE/DELLA rescaling (on the masked vectors), slerp's
-angle and model stock's cosines (both cached per tensor by ``kernels``). On GPUs (Triton) bit-identity with
+eager ``add_(d, alpha=s)`` is a fused multiply-add): ``tests/test_fused.py`` checks it for every method. The
+random draws of DARE and DELLA are computed inside the pass from their key (``merge3.merging.draws``: integer
+arithmetic, exact everywhere). What does not fuse stays eager and is computed exactly as the eager kernels
+compute it: the L1 norms of DARE/DELLA rescaling (on the masked vectors), slerp's angle and model stock's
+cosines (both cached per tensor by ``kernels``). On GPUs (Triton) bit-identity with
 the eager kernels is not checked here: no GPU was available.
 
 Each method variant compiles once per process (about 10-20 s on CPU, cached on disk by Inductor afterwards), so
@@ -20,6 +21,8 @@ this pays off over a search's many candidates, not for a one-off merge.
 from __future__ import annotations
 
 import torch
+
+from . import draws
 
 _F32 = torch.float32
 
@@ -35,9 +38,9 @@ def _select(delta: torch.Tensor, sel: tuple) -> torch.Tensor:
       ("none",)                              every entry kept (no sparsification)
       ("rank_lt", rank, k)                   magnitude: rank < k
       ("rank_between", rank, lo, hi)         magnitude_outliers: lo <= rank < hi
-      ("draw_lt", draws, p)                  random: draw < p
-      ("della", draws, rank, cols, a, b)     della: draw < rank / cols * a + b
-    (draws: uniform_'s floats, or on CPU the raw int32 draws they are made of)"""
+      ("draw_lt", key, p)                    random: draw < p
+      ("della", key, rank, cols, a, b)       della: draw < rank / cols * a + b
+    (key: ``draws.key_tensor``; the draws are computed here, see ``merge3.merging.draws``)"""
     kind = sel[0]
     x = delta.to(_F32)
     if kind == "none":
@@ -47,18 +50,16 @@ def _select(delta: torch.Tensor, sel: tuple) -> torch.Tensor:
     elif kind == "rank_between":
         keep = (sel[1] >= sel[2]) & (sel[1] < sel[3])
     elif kind == "draw_lt":
-        keep = _uniform(sel[1]) < sel[2]
+        keep = _uniform(sel[1], x.numel()) < sel[2]
     else:
-        _, draws, rank, cols, a, b = sel
-        keep = _uniform(draws) < (rank.to(_F32) / cols * a + b)
+        _, draw_key, rank, cols, a, b = sel
+        keep = _uniform(draw_key, x.numel()) < (rank.to(_F32) / cols * a + b)
     return x * keep.to(_F32)
 
 
-def _uniform(draws: torch.Tensor) -> torch.Tensor:
-    """uniform_'s float from a raw 32-bit draw (its low 24 bits over 2**24); float draws pass through."""
-    if draws.dtype == _F32:
-        return draws
-    return (draws & 0xFFFFFF).to(_F32) * (2.0 ** -24)
+def _uniform(draw_key: torch.Tensor, n) -> torch.Tensor:
+    """The n draws of ``draw_key`` (``draws.key_tensor``), computed in the pass instead of read from memory."""
+    return draws.uniform_at(torch.arange(n, dtype=torch.int64, device=draw_key.device), draw_key[0], draw_key[1])
 
 
 def _masked(out: torch.Tensor, delta: torch.Tensor, sel: tuple) -> None:

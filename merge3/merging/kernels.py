@@ -7,20 +7,11 @@ them resident; every method here is expressed in them exactly (linear: sum w_i t
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
+from . import draws as D
 from . import sparsify as S
 from .methods import MethodSpec
-
-
-def tensor_generator(seed: int, tensor_name: str, index: int, device) -> torch.Generator:
-    """One generator per (seed, tensor, model): random masks do not depend on merge order or threading."""
-    digest = hashlib.sha256(f"{seed}\0{tensor_name}\0{index}".encode()).digest()
-    g = torch.Generator(device=device)
-    g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return g
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -180,9 +171,7 @@ def _sparsify_into(spec, name, i, delta, x, p, shared, seed, rank, work, n):
         torch.lt(rank, n_bot + target, out=keep)
         torch.logical_and(low, keep, out=keep)
     else:
-        gen = tensor_generator(seed if seed is not None else 0, name, i, x.device)
-        r = work.get("rand", n, torch.float32, x.device)
-        r.uniform_(0, 1, generator=gen)  # what torch.rand draws
+        r = D.uniform_(work.get("rand", n, torch.float32, x.device), D.key(seed or 0, name, i))
         if kind == "random":
             torch.lt(r, density, out=r)  # 1.0 / 0.0 in place of the draws
         else:  # della: keep-probability rising with the in-row magnitude rank
@@ -400,12 +389,7 @@ def _selection(spec, name, i, delta, shape, p, seed, rank, work):
             keep = S.between_mask(_abs32(delta), n_bot, n_bot + target)
             return ("rank_between", _kept_as_rank(keep, work, i), 0, 1)
         return ("rank_between", rank.reshape(-1), n_bot, n_bot + target)
-    draws = work.get(f"draws{i}", n, _draw_dtype(dev), dev)
-    gen = tensor_generator(seed if seed is not None else 0, name, i, dev)
-    if draws.dtype == torch.float32:
-        draws.uniform_(0, 1, generator=gen)
-    else:  # CPU: the same 32-bit draws uniform_ consumes (it keeps their low 24 bits), a third faster to make
-        draws.random_(generator=gen)
+    draws = D.key_tensor(D.key(seed or 0, name, i), dev)  # the kernel computes the draws from it
     if kind == "random":
         return ("draw_lt", draws, f32(density))
     eps = p["epsilon"]
@@ -428,11 +412,6 @@ def _kept_as_rank(keep: torch.Tensor, work: Workspace, i: int) -> torch.Tensor:
     return rank.copy_(torch.logical_not(keep, out=keep))
 
 
-def _draw_dtype(device) -> torch.dtype:
-    """int32 raw draws on CPU (``fused._draws`` turns them into uniform_'s floats); uniform_'s floats elsewhere."""
-    return torch.int32 if torch.device(device).type == "cpu" else torch.float32
-
-
 def _keep_all(spec, rank, work, dev, n):
     """The method's selection kind with a mask of ones (entries kept whole, or already selected). ``rank``: any
     integer tensor of n entries (a mask of ones compares nothing that matters), so the graph stays the same."""
@@ -444,10 +423,10 @@ def _keep_all(spec, rank, work, dev, n):
         return ("rank_lt", rank, n)
     if kind == "magnitude_outliers":
         return ("rank_between", rank, 0, n)
-    zeros = work.zeros("draws", n, _draw_dtype(dev), dev)
+    any_key = work.zeros("draw_key", 2, torch.int64, dev)  # every draw is below 1.0
     if kind == "random":
-        return ("draw_lt", zeros, 1.0)
-    return ("della", zeros, rank, 1, 0.0, 1.0)
+        return ("draw_lt", any_key, 1.0)
+    return ("della", any_key, rank, 1, 0.0, 1.0)
 
 
 def _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from . import draws
+
 _EPS = 1e-7
 # Up to this many entries, ties are broken by a sort, as mergekit does (bit-identical on CPU); above it, by
 # index order in O(n) (both choices are arbitrary; the sort would dominate the candidate's cost).
@@ -145,12 +147,12 @@ def magnitude_outliers(tensor: torch.Tensor, density: float, gamma: float = 0.01
     return _finish(tensor, mask.reshape(tensor.shape).to(tensor.dtype), rescale)
 
 
-def random(tensor: torch.Tensor, density: float, generator: torch.Generator | None,
+def random(tensor: torch.Tensor, density: float, draw_key: tuple[int, int],
            rescale: bool = False) -> torch.Tensor:
-    """Keep each entry with probability density (DARE)."""
+    """Keep each entry with probability density (DARE); ``draw_key``: ``draws.key(seed, tensor name, model)``."""
     if density >= 1:
         return tensor
-    mask = torch.rand(tensor.shape, generator=generator, device=tensor.device, dtype=torch.float32) < density
+    mask = draws.uniform(draw_key, tensor.shape, tensor.device) < density
     return _finish(tensor, mask.to(tensor.dtype), rescale)
 
 
@@ -163,7 +165,7 @@ def della_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return ranks.to(torch.int16 if cols <= 32767 else torch.int32)
 
 
-def della(tensor: torch.Tensor, density: float, epsilon: float, generator: torch.Generator | None,
+def della(tensor: torch.Tensor, density: float, epsilon: float, draw_key: tuple[int, int],
           rescale: bool = False, ranks: torch.Tensor | None = None) -> torch.Tensor:
     """Keep entries with probability rising with their rank by magnitude within the row (DELLA MagPrune)."""
     if density >= 1:
@@ -177,5 +179,5 @@ def della(tensor: torch.Tensor, density: float, epsilon: float, generator: torch
     cols = ranks.shape[1]
     rank_norm = ranks.to(torch.float32) / max(cols - 1, 1)  # (rank - min) / (max - min), ranks 0..cols-1
     probs = (density - epsilon) + rank_norm * (2 * epsilon)
-    mask = torch.rand(probs.shape, generator=generator, device=tensor.device, dtype=torch.float32) < probs
+    mask = draws.uniform(draw_key, probs.shape, tensor.device) < probs
     return _finish(tensor, mask.reshape(tensor.shape).to(tensor.dtype), rescale)

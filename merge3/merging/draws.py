@@ -1,0 +1,98 @@
+"""The random draws of DARE and DELLA: uniform numbers computed from (seed, tensor, model, entry index).
+
+Draw j of a key (k0, k1) is a 32-bit integer hash of j, mixed with k0 and then k1; its top 24 bits over 2**24
+are the uniform number (as ``torch.rand`` makes a float32 from 24 random bits). A counter-based draw is a pure
+function of its index, so:
+- the fused kernels compute it inside their one pass (no stream of draws written and read back), on every
+  thread at once; a sequential generator (torch's mt19937 on CPU) made them one core's 1.6 ns per entry and
+  endpoint, several times the cost of the rest of a DARE merge;
+- the same key gives the same masks on every device (a CPU generator and a CUDA generator draw different
+  streams), so a merge exported on a CPU is the one a GPU worker scored.
+Every step is integer arithmetic modulo 2**32: the fused kernels hold the values in int64 (below 2**32, so
+products stay below 2**63 and nothing overflows in generated C++ or Triton), the eager path in int32 with
+wrapping multiplication (half the bytes per pass); both give the same bits (``tests/test_draws.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+_CHUNK = 1 << 16  # eager draws are made this many at a time, in place: their scratch stays in cache
+
+
+def key(seed: int, tensor_name: str, index: int) -> tuple[int, int]:
+    """The draw key of model ``index``'s task vector at ``tensor_name`` for merge seed ``seed``: two 32-bit
+    halves of a hash, so masks do not depend on merge order, threading or device."""
+    digest = hashlib.sha256(f"{seed}\0{tensor_name}\0{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:8], "little")
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer finalizer (xor-shift-multiply; both multipliers odd and below 2**31)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x2C1B3C6D) & _MASK32
+    return x ^ (x >> 16)
+
+
+def uniform_at(index: torch.Tensor, k0, k1) -> torch.Tensor:
+    """float32 uniform draws in [0, 1) for int64 entry indices (below 2**32); k0, k1: ints or int64 0-dim
+    tensors. Shared by the eager path and the fused kernels, so both compute the same operations."""
+    h = _mix(_mix(index ^ k0) ^ k1)
+    return (h >> 8).to(torch.float32) * (2.0 ** -24)
+
+
+def _signed32(v: int) -> int:
+    """A 32-bit pattern as the int32 value with the same bits."""
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def _shift_xor_(x: torch.Tensor, shift: int, tmp: torch.Tensor) -> None:
+    """x ^= x >>> shift on int32 (a logical shift: the arithmetic one's sign bits masked off)."""
+    torch.bitwise_right_shift(x, shift, out=tmp).bitwise_and_((1 << (32 - shift)) - 1)
+    x.bitwise_xor_(tmp)
+
+
+def _mix32_(x: torch.Tensor, tmp: torch.Tensor) -> None:
+    """``_mix`` in place on int32 (multiplication wraps modulo 2**32: the same bits as the masked int64 one, at
+    half the bytes per pass)."""
+    _shift_xor_(x, 16, tmp)
+    x.mul_(0x7FEB352D)
+    _shift_xor_(x, 15, tmp)
+    x.mul_(0x2C1B3C6D)
+    _shift_xor_(x, 16, tmp)
+
+
+def uniform_(out: torch.Tensor, draw_key: tuple[int, int]) -> torch.Tensor:
+    """Fill ``out`` (float32, any shape) with the draws of ``draw_key`` for entries 0 .. numel - 1: the values
+    of ``uniform_at``, made a cache-sized chunk at a time in place (the eager kernels' path)."""
+    flat = out.view(-1)
+    k0, k1 = (_signed32(k) for k in draw_key)
+    size = min(_CHUNK, flat.numel())
+    index = torch.empty(size, dtype=torch.int64, device=out.device)
+    x_buf = torch.empty(size, dtype=torch.int32, device=out.device)
+    tmp_buf = torch.empty_like(x_buf)
+    for start in range(0, flat.numel(), _CHUNK):
+        stop = min(start + _CHUNK, flat.numel())
+        x, tmp = x_buf[:stop - start], tmp_buf[:stop - start]
+        x.copy_(torch.arange(start, stop, dtype=torch.int64, device=out.device, out=index[:stop - start]))
+        _mix32_(x.bitwise_xor_(k0), tmp)
+        _mix32_(x.bitwise_xor_(k1), tmp)
+        torch.bitwise_right_shift(x, 8, out=tmp).bitwise_and_(0xFFFFFF)
+        flat[start:stop].copy_(tmp)
+    return flat.mul_(2.0 ** -24).view(out.shape)
+
+
+def uniform(draw_key: tuple[int, int], shape, device=None) -> torch.Tensor:
+    """A new float32 tensor of ``shape`` holding the draws of ``draw_key``."""
+    return uniform_(torch.empty(shape, dtype=torch.float32, device=device), draw_key)
+
+
+def key_tensor(draw_key: tuple[int, int], device) -> torch.Tensor:
+    """The key as an int64 tensor of two entries: what the fused kernels take (a tensor, not Python ints, so
+    one compiled graph serves every key)."""
+    return torch.tensor(draw_key, dtype=torch.int64, device=device)

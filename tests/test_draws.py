@@ -1,0 +1,61 @@
+"""The counter-based draws of DARE and DELLA (merge3.merging.draws)."""
+
+from __future__ import annotations
+
+import torch
+
+from merge3.merging import draws as D
+
+
+def test_draws_are_pinned():
+    """The draws define every DARE / DELLA merge: a change here silently changes every merge a seed names."""
+    assert D.key(0, "t", 0) == (260774079, 70501801)
+    expected = [0.12829077243804932, 0.7192147970199585, 0.24471259117126465, 0.18829220533370972,
+                0.14625024795532227, 0.927727222442627]
+    assert D.uniform(D.key(0, "t", 0), 6).tolist() == expected
+
+
+def test_draws_are_uniform_and_independent():
+    n = 1 << 20
+    u = D.uniform(D.key(3, "model.layers.0.mlp.up_proj.weight", 1), n)
+    assert u.dtype == torch.float32 and float(u.min()) >= 0 and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.002
+    for p in (0.1, 0.5, 0.9):
+        assert abs(float((u < p).float().mean()) - p) < 0.002
+    counts = torch.histc(u, bins=64, min=0, max=1)
+    assert float(counts.min()) > n / 64 * 0.97 and float(counts.max()) < n / 64 * 1.03
+
+    def corr(a, b):
+        return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+    assert abs(corr(u[:-1], u[1:])) < 0.005  # neighbouring entries
+    for other in (D.key(3, "model.layers.0.mlp.up_proj.weight", 2),  # another model
+                  D.key(4, "model.layers.0.mlp.up_proj.weight", 1),  # another candidate
+                  D.key(3, "model.layers.1.mlp.up_proj.weight", 1)):  # another tensor
+        assert abs(corr(u, D.uniform(other, n))) < 0.005
+    keys = {D.key(s, "t", i) for s in range(20) for i in range(3)}
+    assert len(keys) == 60
+
+
+def test_draws_do_not_depend_on_chunking_or_shape(monkeypatch):
+    k = D.key(1, "t", 0)
+    whole = D.uniform(k, (300, 7))
+    monkeypatch.setattr(D, "_CHUNK", 64)
+    assert torch.equal(D.uniform(k, 2100).reshape(300, 7), whole)
+    at = D.uniform_at(torch.tensor([5, 2099], dtype=torch.int64), *D.key_tensor(k, "cpu"))
+    assert torch.equal(at, whole.reshape(-1)[[5, 2099]])
+
+
+def test_eager_int32_path_matches_the_int64_formula():
+    """The eager kernels draw with wrapping int32 arithmetic, the fused ones with masked int64: same bits,
+    including indices and keys with the top bit set."""
+    k = D.key(2, "t", 1)
+    assert torch.equal(D.uniform(k, 1 << 17), D.uniform_at(torch.arange(1 << 17), *k))
+    index = torch.arange((1 << 32) - 4096, 1 << 32)
+    for k0, k1 in ((0xFFFFFFFF, 0x80000000), (5, 0x7FFFFFFF), k):
+        x = index.to(torch.int32)
+        tmp = torch.empty_like(x)
+        D._mix32_(x.bitwise_xor_(D._signed32(k0)), tmp)
+        D._mix32_(x.bitwise_xor_(D._signed32(k1)), tmp)
+        eager = (torch.bitwise_right_shift(x, 8) & 0xFFFFFF).to(torch.float32) * 2.0 ** -24
+        assert torch.equal(eager, D.uniform_at(index, k0, k1))
