@@ -7,7 +7,7 @@ new model object per candidate.
 Memory (P parameters, N endpoints, storage dtype of b bytes, e.g. b = 2 for bf16):
   on the device: live model P*b + resident base P*b + task vectors N*P*b, plus float32 scratch for the largest
   tensor times about N + 3 (the TIES family; linear/task_arithmetic need one tensor) and, when cached
-  (``rank_cache``), per-row DELLA ranks N*P*2 bytes (int16) once a DELLA recipe is applied, magnitude ranks
+  (``rank_cache``), per-row DELLA ranks N*P*4 bytes (int32) once a DELLA recipe is applied, magnitude ranks
   N*P*4 bytes (int32) once a TIES / breadcrumbs recipe is; uncached, they are recomputed per candidate.
   7B endpoints in bf16 (P = 6.7e9, N = 3): 13.5 GB each, so 2*13.5 + 3*13.5 = 67 GB on the GPU, plus
   ~2.5 GB scratch (the 131M-entry embedding, float32, 5 copies).
@@ -81,13 +81,9 @@ def _host_available() -> int | None:
         return None
 
 
-def rank_bytes(kind: str, t: torch.Tensor) -> int:
-    """Bytes of the cached ranks of one task vector: int32 magnitude ranks; DELLA's int16 per-row ranks (int32
-    for rows over 32767 entries, as ``della_ranks`` stores them)."""
-    if kind != "della":
-        return t.numel() * 4
-    cols = t.numel() if t.dim() < 2 else t.numel() // t.shape[0]
-    return t.numel() * (2 if cols <= 32767 else 4)
+def rank_bytes(t: torch.Tensor) -> int:
+    """Bytes of the cached ranks of one task vector: int32, magnitude ranks and DELLA's per-row ranks alike."""
+    return t.numel() * 4
 
 
 def _same(a, b) -> bool:
@@ -242,7 +238,7 @@ class Materializer:
         if self.rank_cache != "auto":
             return self.rank_cache
         if kind not in self._caching:
-            needed = sum(rank_bytes(kind, d) for d in deltas if d is not None and (kind, id(d)) not in self._ranks)
+            needed = sum(rank_bytes(d) for d in deltas if d is not None and (kind, id(d)) not in self._ranks)
             free = available_bytes(self.device)
             self._caching[kind] = free is None or needed <= RANK_CACHE_SHARE * free
             if not self._caching[kind]:

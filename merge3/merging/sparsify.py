@@ -162,7 +162,7 @@ def della_ranks(tensor: torch.Tensor) -> torch.Tensor:
     t2 = t2.reshape(t2.shape[0], -1) if t2.dim() > 2 else t2
     ranks = torch.argsort(torch.argsort(t2.abs(), dim=1), dim=1)
     cols = t2.shape[1]
-    return ranks.to(torch.int16 if cols <= 32767 else torch.int32)
+    return ranks.to(torch.int32)  # not int16: converting int16 to float does not vectorize (3x slower kernel)
 
 
 def della(tensor: torch.Tensor, density: float, epsilon: float, draw_key: tuple[int, int],

@@ -151,7 +151,7 @@ class Workers:
                                    "stock) at the cost of a compile per method when a worker starts (needs a C++ "
                                    "compiler on CPU). Default: on for GPUs, off on CPU", None)
     rank_cache: str | bool = key("cache the magnitude / DELLA ranks of the task vectors after the first TIES, "
-                                 "breadcrumbs or DELLA candidate (int32: N x P x 4 bytes; DELLA int16: N x P x 2) "
+                                 "breadcrumbs or DELLA candidate (int32: N x P x 4 bytes each) "
                                  "instead of recomputing them per candidate (same results). auto: cache when they "
                                  "take at most 3/4 of the memory left on the materializer's device, else recompute "
                                  "with a warning; true: always; false: never", "auto")
