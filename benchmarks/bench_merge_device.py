@@ -13,7 +13,8 @@ Runs without Ray, transformers or a world; on a GPU machine with torch only:
     python benchmarks/bench_merge_device.py --shape 8b --device cuda --endpoints 2 --methods task_arithmetic,ties,slerp
 
 (``--shape tiny --device cpu`` checks the script anywhere.) Appends its rows to results/merge.json (rows with the
-same model, device and threads are replaced).
+same model, device and threads are replaced). ``--profile`` instead profiles each method (torch.profiler over
+the timed applies: where a candidate's time goes, by operation) and writes results/merge_profile.json.
 """
 
 from __future__ import annotations
@@ -34,8 +35,12 @@ from merge3.merging.kernels import Workspace, merge_tensor  # noqa: E402
 from merge3.merging.materializer import Materializer  # noqa: E402
 from merge3.merging.recipe import MergeRecipe  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_merge import _cpu_name  # noqa: E402  (no heavy imports: transformers loads lazily there)
+
 SHAPES = {  # hidden, layers, intermediate, kv heads x head dim, vocab, tied embeddings
     "tiny": (256, 2, 688, 128, 4096, False),
+    "57m": (512, 8, 1536, 128, 32000, False),  # bench_merge.py's synthetic llama-57M
     "1b": (2048, 16, 8192, 512, 128256, True),
     "8b": (4096, 32, 14336, 1024, 128256, False),
 }
@@ -128,6 +133,39 @@ def _timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
+def profile_ops(apply, repeats: int, cuda: bool, top: int = 15) -> list[dict]:
+    """Time per operation over ``repeats`` applies, largest first: each fused kernel (``merge3.fused.*``, with
+    its guards and wrapper), each eager operation by self time. ``share``: of the profiled total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(repeats):
+            apply()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    total = sum(getattr(e, attr) for e in events) or 1
+
+    def row(e, time_us):
+        return {"op": e.key, "calls_per_candidate": e.count / repeats,
+                "seconds_per_candidate": round(time_us / 1e6 / repeats, 5), "share": round(time_us / total, 4)}
+
+    # each fused kernel (merge3.fused.*) with everything it ran (the compiled graph, dynamo's guards)
+    fused = [row(e, e.device_time_total if cuda else e.cpu_time_total) for e in events if e.key.startswith("merge3.")]
+    rest = [row(e, getattr(e, attr)) for e in events if not e.key.startswith("merge3.")
+            and "Compiled" not in e.key and "Dynamo" not in e.key and "Pregraph" not in e.key
+            and "AOTDispatcher" not in e.key]
+    return sorted(fused + rest, key=lambda r: r["seconds_per_candidate"], reverse=True)[:top]
+
+
+def _meta(a, argv, device_name) -> dict:
+    return {"command": " ".join(["benchmarks/bench_merge_device.py"] + (argv if argv is not None else sys.argv[1:])),
+            "torch": torch.__version__, "device": device_name, "cpu_count": os.cpu_count(),
+            "processor": _cpu_name()}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", choices=list(SHAPES), default="1b")
@@ -137,8 +175,11 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--kernels", default="eager,fused")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "merge.json"))
+    ap.add_argument("--out", default=None, help="default results/merge.json (--profile: results/merge_profile.json)")
+    ap.add_argument("--profile", action="store_true", help="profile each method by operation instead of appending "
+                                                           "rows to merge.json")
     a = ap.parse_args(argv)
+    a.out = a.out or str(ROOT / "benchmarks" / "results" / ("merge_profile.json" if a.profile else "merge.json"))
     dtype = getattr(torch, a.dtype)
     cuda = torch.device(a.device).type == "cuda"
     device_name = torch.cuda.get_device_name(a.device) if cuda else "cpu"
@@ -176,18 +217,24 @@ def main(argv=None) -> int:
                 row["peak_memory_GiB"] = round(torch.cuda.max_memory_allocated(a.device) / 2**30, 2)
                 row["readme_formula_GiB"] = round((resident + sum(
                     t.numel() * t.element_size() for t in sm.ranks.values())) / 2**30, 2)
+            if a.profile:
+                row["profile"] = profile_ops(lambda: sm.apply(recipe), a.repeats, cuda)
+                for op in row["profile"][:8]:
+                    print(f"      {op['share']:6.1%}  {op['seconds_per_candidate']:8.4f}s  {op['op']}")
             rows.append(row)
             print(f"  {method:17s} {ours:8.4f}s/candidate  copy {bound:.4f}s  /copy {row['ratio_to_copy_bound']}x"
                   + (f"  peak {row['peak_memory_GiB']} GiB" if cuda else ""), flush=True)
             sm.ranks.clear()  # one method's rank cache at a time, as a search uses one method
         del sm
     out = Path(a.out)
+    if a.profile:
+        out.write_text(json.dumps({"rows": rows, "meta": _meta(a, argv, device_name)}, indent=2) + "\n")
+        print(f"wrote {out}")
+        return 0
     data = json.loads(out.read_text()) if out.is_file() else {"rows": []}
     keys = {(r["model"], r["device"], r["threads"]) for r in rows}
     data["rows"] = [r for r in data["rows"] if (r["model"], r["device"], r.get("threads")) not in keys] + rows
-    data.setdefault("meta", {})[f"device_{a.shape}"] = {
-        "command": " ".join(["benchmarks/bench_merge_device.py"] + (argv if argv is not None else sys.argv[1:])),
-        "torch": torch.__version__, "device": device_name, "cpu_count": os.cpu_count()}
+    data.setdefault("meta", {})[f"device_{a.shape}"] = _meta(a, argv, device_name)
     out.write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

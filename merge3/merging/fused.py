@@ -133,13 +133,14 @@ class _Lazy:
 
     def __call__(self, *args):
         if self.compiled is None:
-            import torch._dynamo
+            import torch._dynamo as dynamo
 
             # One graph per method variant (method, normalize, dtypes, number of models): more than dynamo's
             # default 8 graphs per function in a process that merges with several methods.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 512)
+            dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 512)
             self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True, options=self.options or None)
-        return self.compiled(*args)
+        with torch.profiler.record_function(f"merge3.fused.{self.fn.__name__.lstrip('_')}"):  # names it in profiles
+            return self.compiled(*args)
 
 
 masked = _Lazy(_masked)
