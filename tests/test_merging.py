@@ -175,7 +175,8 @@ def test_cached_ranks_select_what_the_uncached_path_selects(n):
                                S.magnitude_outliers(x, d, 0.03, rescale))
 
 
-@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties", "dare_ties", "dare_linear", "della", "breadcrumbs"])
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties", "dare_ties", "dare_linear", "della", "breadcrumbs", "linear",
+                                    "task_arithmetic"])
 def test_workspace_kernel_matches_reference_formulation(method):
     """merge_tensor with cached ranks and reused scratch gives the same bits as without either."""
     from merge3.merging.kernels import Workspace
@@ -196,3 +197,25 @@ def test_workspace_kernel_matches_reference_formulation(method):
         merge_tensor(spec, "t", base, deltas, shared, per, seed=5, out=out, ranks=ranks, work=work)
         assert torch.equal(out, ref.to(torch.bfloat16))
         assert torch.equal(merge_tensor(spec, "t", base, deltas, shared, per, seed=5, ranks=ranks, work=work), ref)
+
+
+@pytest.mark.parametrize("shape", [(96,), (40, 24), (4, 10, 24)])
+@pytest.mark.parametrize("method,shared", [("slerp", {"t": 0.3}), ("model_stock", {"filter_wise": False}),
+                                           ("model_stock", {"filter_wise": True})])
+def test_slerp_and_model_stock_in_scratch_match_the_allocating_path(method, shared, shape):
+    """With a workspace slerp and model stock compute in place on its scratch: same bits as without one,
+    reused across calls, with and without ``out``."""
+    from merge3.merging.kernels import Workspace
+
+    spec = get_method(method)
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(shape, generator=g).to(torch.bfloat16)
+    deltas = [(torch.randn(shape, generator=g) * 0.05).to(torch.bfloat16) for _ in range(1 if method == "slerp" else 3)]
+    per = [{"weight": 1.0} for _ in deltas]
+    ref = merge_tensor(spec, "t", base, deltas, shared, per)
+    work = Workspace()
+    for _ in range(2):
+        out = torch.empty_like(base)
+        assert merge_tensor(spec, "t", base, deltas, shared, per, out=out, work=work) is out
+        assert torch.equal(out, ref.to(torch.bfloat16))
+        assert torch.equal(merge_tensor(spec, "t", base, deltas, shared, per, work=work), ref)

@@ -73,13 +73,16 @@ def uniform_(out: torch.Tensor, draw_key: tuple[int, int]) -> torch.Tensor:
     flat = out.view(-1)
     k0, k1 = (_signed32(k) for k in draw_key)
     size = min(_CHUNK, flat.numel())
-    index = torch.empty(size, dtype=torch.int64, device=out.device)
+    index = torch.empty(size if flat.numel() > 1 << 31 else 0, dtype=torch.int64, device=out.device)
     x_buf = torch.empty(size, dtype=torch.int32, device=out.device)
     tmp_buf = torch.empty_like(x_buf)
     for start in range(0, flat.numel(), _CHUNK):
         stop = min(start + _CHUNK, flat.numel())
         x, tmp = x_buf[:stop - start], tmp_buf[:stop - start]
-        x.copy_(torch.arange(start, stop, dtype=torch.int64, device=out.device, out=index[:stop - start]))
+        if stop <= 1 << 31:
+            torch.arange(start, stop, dtype=torch.int32, device=out.device, out=x)
+        else:  # indices past int32's range: their low 32 bits (the int64 formula masks them the same way)
+            x.copy_(torch.arange(start, stop, dtype=torch.int64, device=out.device, out=index[:stop - start]))
         _mix32_(x.bitwise_xor_(k0), tmp)
         _mix32_(x.bitwise_xor_(k1), tmp)
         torch.bitwise_right_shift(x, 8, out=tmp).bitwise_and_(0xFFFFFF)

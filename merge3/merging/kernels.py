@@ -41,19 +41,20 @@ def merge_tensor(spec: MethodSpec, name: str, base: torch.Tensor, deltas: list, 
         return _store(base, out)
     fused = fused and base.numel() >= FUSED_MIN_NUMEL
     if spec.name in ("linear", "task_arithmetic"):
-        return _weighted_sum(spec, name, base, deltas, shared, per_model, out, fused)
+        return _weighted_sum(spec, name, base, deltas, shared, per_model, out, fused, work)
     if fused:
         out = torch.empty(base.shape, dtype=_compute_dtype(base), device=base.device) if out is None else out
         return _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work or Workspace())
     if spec.name == "slerp":
-        return _store(_slerp(base, deltas[0], shared["t"], work, name), out)
+        return _slerp(base, deltas[0], shared["t"], work, name, out)
     if spec.name == "model_stock":
-        return _store(_model_stock(base, deltas, shared["filter_wise"], work, name), out)
+        return _model_stock(base, deltas, shared["filter_wise"], work, name, out)
     return _generalized(spec, name, base, deltas, shared, per_model, seed, ranks, out, work)
 
 
-def _weighted_sum(spec, name, base, deltas, shared, per_model, out, fused=False):
-    """linear and task_arithmetic: c * base + sum s_i delta_i, written straight into ``out`` when it is float."""
+def _weighted_sum(spec, name, base, deltas, shared, per_model, out, fused=False, work=None):
+    """linear and task_arithmetic: c * base + sum s_i delta_i, written straight into ``out`` when it is float
+    (else accumulated in float32 scratch: the workspace's when given, reused across tensors and candidates)."""
     w = [p["weight"] for p in per_model]
     if spec.name == "linear":
         total = sum(w)
@@ -79,8 +80,13 @@ def _weighted_sum(spec, name, base, deltas, shared, per_model, out, fused=False)
         F.weighted_sum(out.reshape(-1), start.reshape(-1), [d.reshape(-1).to(base.device) for d, _ in terms],
                        [F.f32(s) for _, s in terms])
         return out
+    def scratch(slot):
+        if work is None or out is None:  # without ``out`` the result is returned: never a workspace buffer
+            return torch.empty(base.shape, dtype=cdt, device=base.device)
+        return work.get(slot, base.numel(), cdt, base.device).view(base.shape)
+
     direct = out is not None and out.dtype == cdt and out.device == base.device
-    acc = out if direct else torch.empty(base.shape, dtype=cdt, device=base.device)
+    acc = out if direct else scratch("acc")
     if c == 1.0:
         acc.copy_(base)
     else:
@@ -89,7 +95,7 @@ def _weighted_sum(spec, name, base, deltas, shared, per_model, out, fused=False)
     for d, s in zip(deltas, scale):
         if d is not None and s != 0.0:
             if d.dtype != cdt or d.device != base.device:  # widen first: a mixed-dtype add_ is much slower
-                tmp = torch.empty(base.shape, dtype=cdt, device=base.device) if tmp is None else tmp
+                tmp = scratch("tmp") if tmp is None else tmp
                 d = tmp.copy_(d)
             acc.add_(d, alpha=s)
     return acc if (direct or out is None) else _store(acc, out)
@@ -155,7 +161,8 @@ def _sparsify_into(spec, name, i, delta, x, p, shared, seed, rank, work, n):
     if rank is None and kind == "magnitude_outliers":
         x.copy_(S.magnitude_outliers(x, density, p["gamma"], rescale))
         return
-    before = torch.linalg.vector_norm(x, ord=1) if rescale else None
+    # the unpruned L1 norm does not depend on the candidate: once per tensor (the fused path's constant)
+    before = work.constant(("l1", name, i, id(delta)), lambda: torch.linalg.vector_norm(x, ord=1)) if rescale else None
     keep = work.get("keep", n, torch.bool, x.device)
     if kind == "magnitude":
         torch.lt(rank, max(1, int(density * n)), out=keep)
@@ -300,14 +307,22 @@ def _slerp_dot(base, delta, work, name, ends=None):
     return compute() if work is None else work.constant(("slerp", name, id(base), id(delta)), compute)
 
 
-def _slerp(base, delta, t, work=None, name=""):
-    """Spherical interpolation between the base and the other model, over the whole tensor."""
-    a, b = _slerp_ends(base, delta)
-    if a.numel() == 0:
-        return b.reshape(base.shape)
-    dot = _slerp_dot(base, delta, work, name, ends=(a, b))
-    ca, cb = _slerp_factors(dot, t)
-    return (ca * a + cb * b).reshape(base.shape)
+def _slerp(base, delta, t, work=None, name="", out=None):
+    """Spherical interpolation between the base and the other model, over the whole tensor. With a workspace,
+    the same operations in place on its scratch (fresh tensors of a model's size per candidate cost more than
+    the arithmetic). Returns ``out`` (filled) or a new tensor."""
+    if work is None or delta is None or base.numel() == 0:
+        a, b = _slerp_ends(base, delta)
+        if a.numel() == 0:
+            return _store(b.reshape(base.shape), out)
+        ca, cb = _slerp_factors(_slerp_dot(base, delta, work, name, ends=(a, b)), t)
+        return _store((ca * a + cb * b).reshape(base.shape), out)
+    cdt, n, dev = _compute_dtype(base), base.numel(), base.device
+    a = work.get("slerp_a", n, cdt, dev).copy_(base.reshape(-1))
+    b = work.get("slerp_b", n, cdt, dev).copy_(delta.reshape(-1)).add_(a)  # a + delta
+    ca, cb = _slerp_factors(_slerp_dot(base, delta, work, name, ends=(a, b)), t)
+    result = a.mul_(ca).add_(b.mul_(cb)).reshape(base.shape)  # ca * a + cb * b
+    return result.clone() if out is None else _store(result, out)
 
 
 def _stock_views(base, deltas, filter_wise):
@@ -343,14 +358,26 @@ def _stock_key(name, base, deltas, filter_wise):
     return ("model_stock", name, bool(filter_wise), id(base), tuple(id(d) for d in deltas))
 
 
-def _model_stock(base, deltas, filter_wise, work=None, name=""):
-    """Model Stock: base + t * mean of the offsets; t depends on the endpoints only (cached with a workspace)."""
-    w0, offs = _stock_views(base, deltas, filter_wise)
-    t = (_stock_factor(offs) if work is None else
-         work.constant(_stock_key(name, base, deltas, filter_wise), lambda: _stock_factor(offs)))
-    n = len(offs)
-    mean = sum(offs[1:], offs[0].clone()) / n
-    return (w0 + t * mean).reshape(base.shape)
+def _model_stock(base, deltas, filter_wise, work=None, name="", out=None):
+    """Model Stock: base + t * mean of the offsets; t depends on the endpoints only (cached with a workspace,
+    and then computed in place on its scratch, as ``_slerp``). Returns ``out`` (filled) or a new tensor."""
+    n = len(deltas)
+    if work is None or any(d is None for d in deltas):
+        w0, offs = _stock_views(base, deltas, filter_wise)
+        t = (_stock_factor(offs) if work is None else
+             work.constant(_stock_key(name, base, deltas, filter_wise), lambda: _stock_factor(offs)))
+        mean = sum(offs[1:], offs[0].clone()) / n
+        return _store((w0 + t * mean).reshape(base.shape), out)
+    t = work.constant(_stock_key(name, base, deltas, filter_wise),
+                      lambda: _stock_factor(_stock_views(base, deltas, filter_wise)[1]))
+    cdt, size, dev = _compute_dtype(base), base.numel(), base.device
+    shape = (base.shape if base.dim() > 1 else (1, -1)) if filter_wise else (-1,)  # _stock_views' shapes
+    mean = work.get("stock_mean", size, cdt, dev).view(shape).copy_(deltas[0].reshape(shape))
+    tmp = work.get("stock_tmp", size, cdt, dev).view(shape)
+    for d in deltas[1:]:
+        mean.add_(tmp.copy_(d.reshape(shape)))  # widened first: a mixed-dtype add_ is slower
+    result = mean.div_(n).mul_(t).add_(tmp.copy_(base.reshape(shape))).reshape(base.shape)  # w0 + t * mean
+    return result.clone() if out is None else _store(result, out)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -437,7 +464,7 @@ def _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work):
     if spec.name == "slerp":
         delta = deltas[0]
         if delta is None:
-            return _store(_slerp(base, delta, shared["t"], work, name), out)
+            return _slerp(base, delta, shared["t"], work, name, out)
         ca, cb = _slerp_factors(_slerp_dot(base, delta, work, name), shared["t"])
         ca, cb = (F.f32(ca), F.f32(cb)) if isinstance(ca, float) else (ca, cb)
         F.slerp(flat_out, base.reshape(-1), _flat_on(delta, dev, work, "dev0"), ca, cb)
@@ -445,7 +472,7 @@ def _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work):
     if spec.name == "model_stock":
         fw = shared["filter_wise"]
         if any(d is None for d in deltas) or base.dim() > 2:
-            return _store(_model_stock(base, deltas, fw, work, name), out)
+            return _model_stock(base, deltas, fw, work, name, out)
         t = work.constant(_stock_key(name, base, deltas, fw), lambda: _stock_factor(_stock_views(base, deltas, fw)[1]))
         shape = (-1, base.shape[-1]) if (fw and base.dim() > 1) else ((1, -1) if fw else (-1,))
         views = [_flat_on(d, dev, work, f"dev{i}").reshape(shape) for i, d in enumerate(deltas)]
