@@ -137,9 +137,9 @@ class Workspace:
         return sum(b.numel() * b.element_size() for b in self._bufs.values())
 
 
-def _l1_rescale_(x: torch.Tensor, before: torch.Tensor) -> None:
+def _l1_rescale_(x: torch.Tensor, before: torch.Tensor, scratch: torch.Tensor) -> None:
     """In place: x * (before / after), as ``sparsify.rescale_l1`` computes it (same rounding)."""
-    after = torch.linalg.vector_norm(x, ord=1)
+    after = S.l1(x, scratch)
     if before < S._EPS or after < S._EPS:
         return
     x.mul_(before / after)
@@ -162,7 +162,7 @@ def _sparsify_into(spec, name, i, delta, x, p, shared, seed, rank, work, n):
         x.copy_(S.magnitude_outliers(x, density, p["gamma"], rescale))
         return
     # the unpruned L1 norm does not depend on the candidate: once per tensor (the fused path's constant)
-    before = work.constant(("l1", name, i, id(delta)), lambda: torch.linalg.vector_norm(x, ord=1)) if rescale else None
+    before = work.constant(("l1", name, i, id(delta)), lambda: S.l1(x)) if rescale else None
     keep = work.get("keep", n, torch.bool, x.device)
     if kind == "magnitude":
         torch.lt(rank, max(1, int(density * n)), out=keep)
@@ -198,7 +198,7 @@ def _sparsify_into(spec, name, i, delta, x, p, shared, seed, rank, work, n):
         r.copy_(keep)
     x.mul_(r)  # a 0/1 float mask: the vectorized path (bool masks and masked_fill are several times slower)
     if rescale:
-        _l1_rescale_(x, before)
+        _l1_rescale_(x, before, r)  # the mask is spent: its buffer holds |x|
 
 
 def _generalized(spec, name, base, deltas, shared, per_model, seed, ranks, out=None, work=None):
@@ -499,9 +499,8 @@ def _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work):
             x = work.get(f"x{i}", n, torch.float32, dev)
             F.masked(x, d, sel)
             if p["density"] < 1 and not empty:
-                before = work.constant(("l1", name, i, id(delta)),
-                                       lambda: torch.linalg.vector_norm(d.to(torch.float32), ord=1))
-                after = torch.linalg.vector_norm(x, ord=1)
+                before = work.constant(("l1", name, i, id(delta)), lambda: S.l1(d.to(torch.float32)))
+                after = S.l1(x, work.get("abs", n, torch.float32, dev))
                 if not (before < S._EPS or after < S._EPS):
                     factor = before / after
             d, sel = x, ("none",)
