@@ -80,6 +80,7 @@ def _weighted_sum(spec, name, base, deltas, shared, per_model, out, fused=False,
         F.weighted_sum(out.reshape(-1), start.reshape(-1), [d.reshape(-1).to(base.device) for d, _ in terms],
                        [F.f32(s) for _, s in terms])
         return out
+
     def scratch(slot):
         if work is None or out is None:  # without ``out`` the result is returned: never a workspace buffer
             return torch.empty(base.shape, dtype=cdt, device=base.device)
@@ -416,15 +417,15 @@ def _selection(spec, name, i, delta, shape, p, seed, rank, work):
             keep = S.between_mask(_abs32(delta), n_bot, n_bot + target)
             return ("rank_between", _kept_as_rank(keep, work, i), 0, 1)
         return ("rank_between", rank.reshape(-1), n_bot, n_bot + target)
-    draws = D.key_tensor(D.key(seed or 0, name, i), dev)  # the kernel computes the draws from it
+    draw_key = D.key_tensor(D.key(seed or 0, name, i), dev)  # the kernel computes the draws from it
     if kind == "random":
-        return ("draw_lt", draws, f32(density))
+        return ("draw_lt", draw_key, f32(density))
     eps = p["epsilon"]
     if density + eps >= 1 or density - eps <= 0:
         raise ValueError(f"della needs density +/- epsilon inside (0, 1), got density={density:g}, "
                          f"epsilon={eps:g}")
     rank = S.della_ranks(delta.to(torch.float32).reshape(shape)) if rank is None else rank
-    return ("della", draws, rank.reshape(-1), max(rank.shape[1] - 1, 1), f32(2 * eps), f32(density - eps))
+    return ("della", draw_key, rank.reshape(-1), max(rank.shape[1] - 1, 1), f32(2 * eps), f32(density - eps))
 
 
 def _abs32(delta: torch.Tensor) -> torch.Tensor:
