@@ -14,7 +14,8 @@ Runs without Ray, transformers or a world; on a GPU machine with torch only:
 
 (``--shape tiny --device cpu`` checks the script anywhere.) Appends its rows to results/merge.json (rows with the
 same model, device and threads are replaced). ``--profile`` instead profiles each method (torch.profiler over
-the timed applies: where a candidate's time goes, by operation) and writes results/merge_profile.json.
+the timed applies: where a candidate's time goes, by operation) and writes results/merge_profile.json. First it
+checks that DARE/DELLA's draws on the device (eager and compiled) equal the CPU's bit for bit (``meta.draws``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from merge3.merging import draws  # noqa: E402
 from merge3.merging.kernels import Workspace, merge_tensor  # noqa: E402
 from merge3.merging.materializer import Materializer  # noqa: E402
 from merge3.merging.recipe import MergeRecipe  # noqa: E402
@@ -133,6 +135,17 @@ def _timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
+def draws_agree(device, n: int = 1 << 20) -> dict:
+    """DARE/DELLA masks must not depend on the device or the kernels: the eager draws on ``device``, the
+    compiled ones there (what the fused kernels compute) and the CPU's, compared bit for bit."""
+    key = draws.key(0, "model.layers.0.mlp.up_proj.weight", 1)
+    cpu = draws.uniform(key, n)
+    eager = draws.uniform(key, n, device).cpu()
+    compiled = torch.compile(lambda k: draws.uniform_at(torch.arange(n, device=k.device), k[0], k[1]))
+    fused = compiled(draws.key_tensor(key, device)).cpu()
+    return {"eager_equals_cpu": bool(torch.equal(eager, cpu)), "compiled_equals_cpu": bool(torch.equal(fused, cpu))}
+
+
 def profile_ops(apply, repeats: int, cuda: bool, top: int = 15) -> list[dict]:
     """Time per operation over ``repeats`` applies, largest first: each fused kernel (``merge3.fused.*``, with
     its guards and wrapper), each eager operation by self time. ``share``: of the profiled total."""
@@ -160,8 +173,9 @@ def profile_ops(apply, repeats: int, cuda: bool, top: int = 15) -> list[dict]:
     return sorted(fused + rest, key=lambda r: r["seconds_per_candidate"], reverse=True)[:top]
 
 
-def _meta(a, argv, device_name) -> dict:
+def _meta(a, argv, device_name, agree) -> dict:
     return {"command": " ".join(["benchmarks/bench_merge_device.py"] + (argv if argv is not None else sys.argv[1:])),
+            "draws": agree,
             "torch": torch.__version__, "device": device_name, "cpu_count": os.cpu_count(),
             "processor": _cpu_name()}
 
@@ -183,6 +197,8 @@ def main(argv=None) -> int:
     dtype = getattr(torch, a.dtype)
     cuda = torch.device(a.device).type == "cuda"
     device_name = torch.cuda.get_device_name(a.device) if cuda else "cpu"
+    agree = draws_agree(a.device)
+    print(f"DARE/DELLA draws on {device_name}: {agree}", flush=True)
     rows = []
     for kernel in a.kernels.split(","):
         if cuda:
@@ -228,13 +244,13 @@ def main(argv=None) -> int:
         del sm
     out = Path(a.out)
     if a.profile:
-        out.write_text(json.dumps({"rows": rows, "meta": _meta(a, argv, device_name)}, indent=2) + "\n")
+        out.write_text(json.dumps({"rows": rows, "meta": _meta(a, argv, device_name, agree)}, indent=2) + "\n")
         print(f"wrote {out}")
         return 0
     data = json.loads(out.read_text()) if out.is_file() else {"rows": []}
     keys = {(r["model"], r["device"], r["threads"]) for r in rows}
     data["rows"] = [r for r in data["rows"] if (r["model"], r["device"], r.get("threads")) not in keys] + rows
-    data.setdefault("meta", {})[f"device_{a.shape}"] = _meta(a, argv, device_name)
+    data.setdefault("meta", {})[f"device_{a.shape}"] = _meta(a, argv, device_name, agree)
     out.write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
