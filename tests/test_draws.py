@@ -59,3 +59,15 @@ def test_eager_int32_path_matches_the_int64_formula():
         D._mix32_(x.bitwise_xor_(D._signed32(k1)), tmp)
         eager = (torch.bitwise_right_shift(x, 8) & 0xFFFFFF).to(torch.float32) * 2.0 ** -24
         assert torch.equal(eager, D.uniform_at(index, k0, k1))
+
+
+def test_threshold_compares_bits_as_the_float_draws_compare():
+    """The fused DARE kernel keeps an entry when its bits are below ``threshold(p)``; the eager one when its
+    float draw is below p (float32): the same entries, including p on and beside multiples of 2**-24."""
+    bits = torch.arange(1 << 24)
+    u = bits.to(torch.float32) * 2.0 ** -24
+    ps = (0.0, 2.0 ** -24, 0.3, 0.5, 0.5 + 2.0 ** -24, 0.5 + 2.0 ** -25 - 2.0 ** -40, 0.7000000476837158, 0.9999999,
+          1.0, 1.5)
+    for p in ps:
+        p32 = float(torch.tensor(p, dtype=torch.float32))
+        assert torch.equal(u < p32, bits < D.threshold(p)), p

@@ -16,6 +16,7 @@ wrapping multiplication (half the bytes per pass); both give the same bits (``te
 from __future__ import annotations
 
 import hashlib
+import math
 
 import torch
 
@@ -39,11 +40,23 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def bits_at(index: torch.Tensor, k0, k1) -> torch.Tensor:
+    """The 24 random bits (int64, in [0, 2**24)) of the draws at int64 entry indices (below 2**32); k0, k1:
+    ints or int64 0-dim tensors."""
+    return _mix(_mix(index ^ k0) ^ k1) >> 8
+
+
 def uniform_at(index: torch.Tensor, k0, k1) -> torch.Tensor:
-    """float32 uniform draws in [0, 1) for int64 entry indices (below 2**32); k0, k1: ints or int64 0-dim
-    tensors. Shared by the eager path and the fused kernels, so both compute the same operations."""
-    h = _mix(_mix(index ^ k0) ^ k1)
-    return (h >> 8).to(torch.float32) * (2.0 ** -24)
+    """float32 uniform draws in [0, 1) at int64 entry indices: ``bits_at`` over 2**24. Shared by the eager path
+    and the fused kernels, so both compute the same operations."""
+    return bits_at(index, k0, k1).to(torch.float32) * (2.0 ** -24)
+
+
+def threshold(p: float) -> int:
+    """The integer T with draw < p exactly when its bits are < T, for p rounded to float32 (as the kernels
+    compare it): bits * 2**-24 < p  <=>  bits < p * 2**24  <=>  bits < ceil(p * 2**24). Comparing the bits
+    spares the fused kernel an int64-to-float conversion per entry (a third of DARE's masking pass)."""
+    return math.ceil(float(torch.tensor(float(p), dtype=torch.float32)) * 2 ** 24)
 
 
 def _signed32(v: int) -> int:

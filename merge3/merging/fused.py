@@ -38,7 +38,7 @@ def _select(delta: torch.Tensor, sel: tuple) -> torch.Tensor:
       ("none",)                              every entry kept (no sparsification)
       ("rank_lt", rank, k)                   magnitude: rank < k
       ("rank_between", rank, lo, hi)         magnitude_outliers: lo <= rank < hi
-      ("draw_lt", key, p)                    random: draw < p
+      ("draw_lt", key, t)                    random: draw < p, as bits < t = draws.threshold(p)
       ("della", key, rank, cols, a, b)       della: draw < rank / cols * a + b
     (key: ``draws.key_tensor``; the draws are computed here, see ``merge3.merging.draws``)"""
     kind = sel[0]
@@ -50,7 +50,7 @@ def _select(delta: torch.Tensor, sel: tuple) -> torch.Tensor:
     elif kind == "rank_between":
         keep = (sel[1] >= sel[2]) & (sel[1] < sel[3])
     elif kind == "draw_lt":
-        keep = _uniform(sel[1], x.numel()) < sel[2]
+        keep = _bits(sel[1], x.numel()) < sel[2]
     else:
         _, draw_key, rank, cols, a, b = sel
         keep = _uniform(draw_key, x.numel()) < (rank.to(_F32) / cols * a + b)
@@ -60,6 +60,11 @@ def _select(delta: torch.Tensor, sel: tuple) -> torch.Tensor:
 def _uniform(draw_key: torch.Tensor, n) -> torch.Tensor:
     """The n draws of ``draw_key`` (``draws.key_tensor``), computed in the pass instead of read from memory."""
     return draws.uniform_at(torch.arange(n, dtype=torch.int64, device=draw_key.device), draw_key[0], draw_key[1])
+
+
+def _bits(draw_key: torch.Tensor, n) -> torch.Tensor:
+    """The random bits of those draws (``draws.bits_at``), for comparing with ``draws.threshold``."""
+    return draws.bits_at(torch.arange(n, dtype=torch.int64, device=draw_key.device), draw_key[0], draw_key[1])
 
 
 def _masked(out: torch.Tensor, delta: torch.Tensor, sel: tuple) -> None:

@@ -419,7 +419,7 @@ def _selection(spec, name, i, delta, shape, p, seed, rank, work):
         return ("rank_between", rank.reshape(-1), n_bot, n_bot + target)
     draw_key = D.key_tensor(D.key(seed or 0, name, i), dev)  # the kernel computes the draws from it
     if kind == "random":
-        return ("draw_lt", draw_key, f32(density))
+        return ("draw_lt", draw_key, D.threshold(density))
     eps = p["epsilon"]
     if density + eps >= 1 or density - eps <= 0:
         raise ValueError(f"della needs density +/- epsilon inside (0, 1), got density={density:g}, "
@@ -453,7 +453,7 @@ def _keep_all(spec, rank, work, dev, n):
         return ("rank_between", rank, 0, n)
     any_key = work.zeros("draw_key", 2, torch.int64, dev)  # every draw is below 1.0
     if kind == "random":
-        return ("draw_lt", any_key, 1.0)
+        return ("draw_lt", any_key, 1 << 24)
     return ("della", any_key, rank, 1, 0.0, 1.0)
 
 
