@@ -14,6 +14,24 @@ from merge3.search.launch import launch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _wait_until_free(port: int, timeout_s: float = 120.0) -> None:
+    """Returns once ``port`` on 127.0.0.1 can be bound (as Ray's agent binds it: address reuse on)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"port {port} (Ray's job agent) still taken after {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
 def test_launch_rejects_bad_config_before_connecting(tmp_path):
     cfg = yaml.safe_load((ROOT / "experiments" / "micro.yaml").read_text())
     cfg["algorithm"]["pop_size"] = 0
@@ -58,6 +76,7 @@ def test_launch_submits_a_job_that_runs_the_search(micro_world, tmp_path):
     import time
 
     import ray
+    from ray._private import ray_constants
     from ray.job_submission import JobSubmissionClient
 
     cfg = yaml.safe_load((ROOT / "experiments" / "micro.yaml").read_text())
@@ -66,6 +85,9 @@ def test_launch_submits_a_job_that_runs_the_search(micro_world, tmp_path):
     p = tmp_path / "job.yaml"
     p.write_text(yaml.safe_dump(cfg))
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    # A Ray instance an earlier test shut down can hold the job agent's fixed port for a while; the new agent
+    # then serves no jobs ("No available agent to submit job").
+    _wait_until_free(ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT)
     ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=8297)
     try:
         run_dir = tmp_path / "run"
