@@ -86,7 +86,6 @@ def uniform_(out: torch.Tensor, draw_key: tuple[int, int]) -> torch.Tensor:
     flat = out.view(-1)
     k0, k1 = (_signed32(k) for k in draw_key)
     size = min(_CHUNK, flat.numel())
-    index = torch.empty(size if flat.numel() > 1 << 31 else 0, dtype=torch.int64, device=out.device)
     x_buf = torch.empty(size, dtype=torch.int32, device=out.device)
     tmp_buf = torch.empty_like(x_buf)
     for start in range(0, flat.numel(), _CHUNK):
@@ -95,7 +94,7 @@ def uniform_(out: torch.Tensor, draw_key: tuple[int, int]) -> torch.Tensor:
         if stop <= 1 << 31:
             torch.arange(start, stop, dtype=torch.int32, device=out.device, out=x)
         else:  # indices past int32's range: their low 32 bits (the int64 formula masks them the same way)
-            x.copy_(torch.arange(start, stop, dtype=torch.int64, device=out.device, out=index[:stop - start]))
+            x.copy_(torch.arange(start, stop, dtype=torch.int64, device=out.device))
         _mix32_(x.bitwise_xor_(k0), tmp)
         _mix32_(x.bitwise_xor_(k1), tmp)
         torch.bitwise_right_shift(x, 8, out=tmp).bitwise_and_(0xFFFFFF)

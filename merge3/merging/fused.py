@@ -49,22 +49,15 @@ def _select(delta: torch.Tensor, sel: tuple) -> torch.Tensor:
         keep = sel[1] < sel[2]
     elif kind == "rank_between":
         keep = (sel[1] >= sel[2]) & (sel[1] < sel[3])
-    elif kind == "draw_lt":
-        keep = _bits(sel[1], x.numel()) < sel[2]
-    else:
-        _, draw_key, rank, cols, a, b = sel
-        keep = _uniform(draw_key, x.numel()) < (rank.to(_F32) / cols * a + b)
+    else:  # the draws are computed in the pass from their key, not read from memory
+        draw_key = sel[1]
+        index = torch.arange(x.numel(), dtype=torch.int64, device=x.device)
+        if kind == "draw_lt":
+            keep = draws.bits_at(index, draw_key[0], draw_key[1]) < sel[2]
+        else:
+            _, _, rank, cols, a, b = sel
+            keep = draws.uniform_at(index, draw_key[0], draw_key[1]) < (rank.to(_F32) / cols * a + b)
     return x * keep.to(_F32)
-
-
-def _uniform(draw_key: torch.Tensor, n) -> torch.Tensor:
-    """The n draws of ``draw_key`` (``draws.key_tensor``), computed in the pass instead of read from memory."""
-    return draws.uniform_at(torch.arange(n, dtype=torch.int64, device=draw_key.device), draw_key[0], draw_key[1])
-
-
-def _bits(draw_key: torch.Tensor, n) -> torch.Tensor:
-    """The random bits of those draws (``draws.bits_at``), for comparing with ``draws.threshold``."""
-    return draws.bits_at(torch.arange(n, dtype=torch.int64, device=draw_key.device), draw_key[0], draw_key[1])
 
 
 def _masked(out: torch.Tensor, delta: torch.Tensor, sel: tuple) -> None:

@@ -140,10 +140,9 @@ class Workspace:
 
 def _l1_rescale_(x: torch.Tensor, before: torch.Tensor, scratch: torch.Tensor) -> None:
     """In place: x * (before / after), as ``sparsify.rescale_l1`` computes it (same rounding)."""
-    after = S.l1(x, scratch)
-    if before < S._EPS or after < S._EPS:
-        return
-    x.mul_(before / after)
+    factor = S.l1_factor(before, S.l1(x, scratch))
+    if factor is not None:
+        x.mul_(factor)
 
 
 def _sparsify_into(spec, name, i, delta, x, p, shared, seed, rank, work, n):
@@ -501,9 +500,8 @@ def _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work):
             F.masked(x, d, sel)
             if p["density"] < 1 and not empty:
                 before = work.constant(("l1", name, i, id(delta)), lambda: S.l1(d.to(torch.float32)))
-                after = S.l1(x, work.get("abs", n, torch.float32, dev))
-                if not (before < S._EPS or after < S._EPS):
-                    factor = before / after
+                rescaled = S.l1_factor(before, S.l1(x, work.get("abs", n, torch.float32, dev)))
+                factor = factor if rescaled is None else rescaled
             d, sel = x, ("none",)
         inputs.append(d)
         sels.append(sel)

@@ -29,13 +29,15 @@ def l1(x: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
     return (x.abs() if scratch is None else torch.abs(x, out=scratch)).sum()
 
 
+def l1_factor(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor | None:
+    """The L1 rescale's factor before / after, or None (no rescaling) when either norm is about zero."""
+    return None if (before < _EPS or after < _EPS) else before / after
+
+
 def rescale_l1(tensor: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     """Scale the kept entries so the L1 norm matches the unpruned tensor (mergekit PR #245, not 1/density)."""
-    before = l1(tensor)
-    after = l1(masked)
-    if before < _EPS or after < _EPS:
-        return masked
-    return masked * (before / after)
+    factor = l1_factor(l1(tensor), l1(masked))
+    return masked if factor is None else masked * factor
 
 
 def _finish(tensor, mask, rescale):
