@@ -174,6 +174,7 @@ def main(argv=None) -> int:
                              "mae_per_task": {t: round(float(np.mean(v)), 3) for t, v in per_task[e].items()}})
 
     rows += adaptive_rows(cal, fulls, truth, tasks, n_full, a)
+    floor = model_floor(cal, fulls, truth, tasks)
 
     cal_items = cal.cost.get("items_total", 0)
     calibration = {"models": cal.cost.get("n_models"), "items_evaluated": cal_items,
@@ -198,7 +199,7 @@ def main(argv=None) -> int:
     report = {"command": "python benchmarks/bench_estimation.py " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()
                   if k not in ("out", "cached_only") and v is not None),
-              "rows": rows, "calibration": calibration, "goals": goals,
+              "rows": rows, "model_floor": floor, "calibration": calibration, "goals": goals,
               "setup": {"world": str(world.root), "world_size": world.spec.size, "tasks": tasks,
                         "items_per_model": n_full, "n_calibration_merges": a.n_cal, "n_test_merges": len(fulls),
                         "anchor_seeds": a.anchor_seeds, "genome": GENOME, "seed": a.seed,
@@ -222,12 +223,29 @@ def main(argv=None) -> int:
         first = next(iter(rs.values()))
         print(f"{'sd <= ' + str(sd):<20} {first['items_mean']:>4.0f} {first['cost_ratio']:>6.1f} "
               + " ".join(f"{rs[e]['mae']:>7.2f}" for e in ESTIMATORS))
+    print(f"model floor (theta fitted on all {n_full} answers, then the task means of p): MAE {floor['mae']:.2f} "
+          f"{floor['mae_per_task']}")
     print(f"\ncalibration (one-off): {calibration['models']} models fully evaluated = {cal_items} items; "
           f"IRT fit {calibration['irt_fit_seconds']} s; paid back after "
           f"{calibration['break_even_candidates_at_n20']} candidates at n=20")
     print(f"estimate(): {report['setup']['estimate_ms_mean']} ms per call; goals: {json.dumps(goals)}")
     print(f"wrote {a.out}")
     return 0
+
+
+def model_floor(cal, fulls, truth, tasks) -> dict:
+    """What no choice of anchors can beat: each held-out merge's ability fitted on every item it answered, then
+    mean_i p_i(theta) per task against its true accuracy. The error left is the item model's misfit."""
+    from merge3.irt.fit import fit_ability
+
+    params = cal.item_params
+    per_task = {t: [] for t in tasks}
+    for m, full in fulls.items():
+        theta = fit_ability(params, {t: full[t] for t in tasks}, cal.ability_prior_mean, 3.0)
+        for t in tasks:
+            per_task[t].append(100 * abs(float(np.mean(params.prob(theta, params.rows(t)))) - truth[m][t]))
+    return {"mae": round(float(np.mean([v for vs in per_task.values() for v in vs])), 3),
+            "mae_per_task": {t: round(float(np.mean(v)), 3) for t, v in per_task.items()}}
 
 
 def adaptive_rows(cal, fulls, truth, tasks, n_full, a) -> list[dict]:

@@ -94,7 +94,7 @@ def search_config(world: str, variant: str, seed: int, args, calibration: Path) 
 
 def calibration_config(world: str, args) -> dict:
     return {"world": world, "n_random_merges": args.n_cal, "seed": 0, "genome": GENOME,
-            "irt": {"model_type": "multidim_2pl", "dim": 3, "epochs": args.epochs},
+            "irt": {"model_type": "multidim_2pl", "dim": args.dim, "epochs": args.epochs},
             "eval": {"device": "cpu", "batch_size": 64}}
 
 
@@ -150,8 +150,11 @@ def main() -> None:
     ap.add_argument("--estimator", default="gmpirt")
     ap.add_argument("--n-cal", type=int, default=20, help="random merges in the calibration population")
     ap.add_argument("--epochs", type=int, default=400)
+    ap.add_argument("--dim", type=int, default=3, help="IRT ability dimensions of the calibration")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--work", default=None, help="scratch directory (default $MERGE3_HOME/bench_search)")
+    ap.add_argument("--out", default=str(RESULTS / "search.json"),
+                    help="results file (the convergence plot is written beside it, as <stem>_convergence.png)")
     args = ap.parse_args()
 
     from merge3.calibration import Calibration, calibrate
@@ -164,7 +167,8 @@ def main() -> None:
     work = Path(args.work or default_cache() / "bench_search" / f"{world.spec.size}-{world.spec.digest()}")
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    cal_dir = work / f"calibration-{args.n_cal}-{args.epochs}-{len(GENOME.get('filters', []))}"
+    cal_dir = work / f"calibration-{args.n_cal}-{args.epochs}-{len(GENOME.get('filters', []))}" \
+        f"{'' if args.dim == 3 else f'-d{args.dim}'}"
     if not (cal_dir / "calibration.json").exists():
         calibrate(calibration_config(str(world.root), args), cal_dir)
     cal = Calibration.load(cal_dir)
@@ -202,14 +206,15 @@ def main() -> None:
     out = {"world": world.spec.size, "world_hash": world.spec.digest(), "target": TARGET, "genome": GENOME,
            "n_anchors": args.n, "estimator": args.estimator, "pop_size": args.pop, "generations": args.generations,
            "verify_top_k": VERIFY_K, "seeds": args.seeds,
-           "calibration": {"items_evaluated": cal_items, "n_random_merges": args.n_cal},
+           "calibration": {"items_evaluated": cal_items, "n_random_merges": args.n_cal, "dim": args.dim},
            "summary": summary, "ablation": ablation, "runs": runs, "paper_table": paper,
            "command": "python benchmarks/bench_search.py " + " ".join(
                f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-               for k, v in vars(args).items() if k != "work")}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "search.json").write_text(json.dumps(out, indent=1) + "\n")
-    plot(runs, RESULTS / "search_convergence.png")
+               for k, v in vars(args).items() if k not in ("work", "out"))}
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(out, indent=1) + "\n")
+    plot(runs, out_path.with_name(f"{out_path.stem}_convergence.png"))
     print_tables(summary, ablation, paper)
 
 
@@ -296,7 +301,7 @@ def plot(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     colors = dict(zip(VARIANTS, ["tab:blue", "tab:orange", "tab:green", "tab:olive", "tab:purple", "tab:red",
-                                 "tab:brown"]))
+                                 "tab:brown", "tab:pink", "tab:cyan"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     seen = set()
     for r in runs:
