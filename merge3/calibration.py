@@ -162,14 +162,14 @@ class CalibrationConfig:
             endpoints=endpoints, import_responses=[rel(p) for p in self.import_responses])
 
 
-def calibrate_from_file(config_path: str | Path, out_dir: str | Path | None = None) -> Path:
+def calibrate_from_file(config_path: str | Path, out_dir: str | Path | None = None, log=None) -> Path:
     config_path = Path(config_path)
     here = config_path.resolve().parent
     cfg = CalibrationConfig.from_dict(read_yaml_mapping(config_path, "calibration config")).relative_to(here)
     if out_dir is None:
         out_dir = (cfg.out if Path(cfg.out).is_absolute() else here / cfg.out) if cfg.out else \
             Path("calibrations") / config_path.stem
-    return calibrate(cfg, out_dir)
+    return calibrate(cfg, out_dir, log=log)
 
 
 @dataclass(frozen=True)
@@ -386,7 +386,24 @@ def fit_population(cfg: CalibrationConfig, pop: Population, store: ResponseStore
     per_model = sum(len(params.rows(t)) for t in tasks)
     cost = {"fit_seconds": fit_seconds, "n_models": len(complete), "items_per_model": per_model,
             "items_total": len(complete) * per_model}
-    return params, abilities, {"train_models": train, "validation_models": val, "cost": cost}
+    misfit = item_model_misfit(params, abilities, store, val or train, tasks)
+    log(f"calibration: item-model misfit on the {'validation' if val else 'training'} models (accuracy points, "
+        f"ability fitted on all their answers): " + ", ".join(f"{t} {v:.1f}" for t, v in misfit.items()))
+    return params, abilities, {"train_models": train, "validation_models": val, "cost": cost,
+                               "misfit": {"models": "validation" if val else "train", "mae_points": misfit}}
+
+
+def item_model_misfit(params, abilities: dict, store: ResponseStore, models: list[str], tasks: list[str]) -> dict:
+    """Per task, mean |mean_i p_i(theta_m) - accuracy_m| in points over ``models``, each theta_m fitted on all of
+    that model's answers: the error no anchor set can remove (an estimator that reads only the item model is
+    at least this far off; gp/gmp-IRT get below it by leaning on the anchors' answers)."""
+    out = {}
+    for t in tasks:
+        rows = params.rows(t)
+        errs = [abs(float(np.mean(params.prob(np.asarray(abilities[m]), rows)))
+                    - float(np.mean(list(store.get(m)[t].values())))) for m in models]
+        out[t] = round(100 * float(np.mean(errs)), 3) if errs else None
+    return out
 
 
 def _write(out: Path, params: ItemParams, store: ResponseStore, meta: dict, cfg: CalibrationConfig) -> None:

@@ -33,7 +33,7 @@ def _merge(a) -> int:
 def _calibrate(a) -> int:
     from .calibration import calibrate_from_file
 
-    out = calibrate_from_file(a.config, out_dir=a.out)
+    out = calibrate_from_file(a.config, out_dir=a.out, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(out)
     return 0
 

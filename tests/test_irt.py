@@ -151,3 +151,20 @@ def test_refine_map_undoes_shrunk_discriminations(sim):
     assert loglik(refined, th) > loglik(shrunk, start) + 0.02
     again, _ = refine_map(shrunk, start, Y, models, iters=30)
     assert np.array_equal(again.alpha, refined.alpha)
+
+
+def test_item_model_misfit_is_small_when_the_model_holds_and_large_when_it_does_not(tmp_path):
+    """The calibration's misfit diagnostic: answers drawn from the item model itself are matched to within
+    sampling noise; abilities that belong to other models are not."""
+    from merge3.calibration import item_model_misfit
+    from merge3.irt.simulate import simulate_params, simulate_population
+
+    params = simulate_params(n_items=400, seed=3)
+    store, thetas = simulate_population(params, tmp_path / "r.jsonl", n_merges=12, seed=4)
+    models = [m for m in thetas if m.startswith("m")]
+    good = item_model_misfit(params, thetas, store, models, params.task_names())
+    wrong = {m: thetas[models[(k + 1) % len(models)]] for k, m in enumerate(models)}  # each model's neighbour's
+    bad = item_model_misfit(params, wrong, store, models, params.task_names())
+    assert set(good) == set(params.task_names())
+    assert max(good.values()) < 2.5          # 400 items per task: sampling noise about 1.7 points
+    assert min(bad.values()) > 2 * max(good.values())
