@@ -244,3 +244,28 @@ def test_adaptive_items_beat_random_anchors_when_the_model_holds(tmp_path):
         err["adaptive"] += [abs(res.estimates[t] - truth[t]) for t in truth]
         err["random"] += [abs(est[t] - truth[t]) for t in truth]
     assert np.mean(err["adaptive"]) < 0.8 * np.mean(err["random"]), {k: np.mean(v) for k, v in err.items()}
+
+
+def test_gp_and_gmp_irt_do_not_mix_in_the_plain_mean_of_adaptive_items(tmp_path):
+    """Adaptive items are chosen for the candidate, so their plain mean is biased; with `auto` weights gp/gmp-IRT
+    equal p-/mp-IRT on them, while on random anchors they do mix it in (and a fixed weight is honoured)."""
+    from merge3.irt.adaptive import AdaptiveSettings, run_adaptive
+    from merge3.irt.anchors import Anchors
+
+    params = simulate_params(tasks=("ta", "tb"), n_items=200, dim=3, seed=0)
+    store, thetas = simulate_population(params, tmp_path / "r.jsonl", n_merges=12, seed=1)
+    models = store.models()
+    cal = Calibration(params, {m: thetas[m] for m in models}, ["e0", "e1", "e2"], base="base",
+                      train_models=models[:12], validation_models=models[12:], store=store)
+    resp = sample_responses(params, 0.5 * thetas["e0"] + 0.5 * thetas["e1"], np.random.default_rng(2))
+    res = run_adaptive(cal, list(resp), lambda want: {t: {i: resp[t][i] for i in v} for t, v in want.items()},
+                       AdaptiveSettings(target_sd=0.05, max_items=20))
+    asked = Anchors.uniform({t: list(r) for t, r in res.responses.items()}, method="adaptive")
+    assert estimate("gpirt", res.responses, cal, asked) == estimate("pirt", res.responses, cal, asked)
+    assert estimate("gmpirt", res.responses, cal, asked) == estimate("mpirt", res.responses, cal, asked)
+    same_items = Anchors.uniform({t: list(r) for t, r in res.responses.items()}, method="given")
+    assert cal.mixing_weight("gpirt", same_items, "ta") > 0  # a random-like set: the anchors' mean is mixed in
+    fixed = Calibration(params, {m: thetas[m] for m in models}, ["e0", "e1", "e2"], base="base",
+                        train_models=models[:12], validation_models=models[12:], store=store,
+                        settings={"gp_weight": 0.5})
+    assert fixed.mixing_weight("gpirt", asked, "ta") == 0.5
