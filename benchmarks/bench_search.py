@@ -13,9 +13,13 @@ The same search (seed, genome, GA, population, number of candidates; single obje
 * ``irt+refresh+online``: both;
 * ``irt+adaptive``: items chosen per candidate by adaptive testing (``fitness.anchors.method: adaptive``);
 * ``irt+online(k=2)``: online calibration with the 2 best per generation;
-* ``irt+online, 50 anchors``: online calibration on 50 anchors per task.
+* ``irt+online, 50 anchors``: online calibration on 50 anchors per task;
+* ``irt+adaptive(exposure 8)``: adaptive items, each drawn among the 8 most informative
+  (``fitness.anchors.exposure``), so candidates are not all asked the same first items;
+* ``..., verify 1``: one verified winner instead of 3 (verification is a fixed cost per search), and
+  ``10 anchors``: refreshed sets of 10 anchors: the cheapest defended searches.
 
-Every variant except ``full`` verifies its 3 best candidates by estimate on every item when it ends
+Every variant except ``full`` (and the ``verify 1`` ones) verifies its 3 best candidates by estimate on every item when it ends
 (``fitness.verify_top_k``); the search's pick is the best verified one. Per run: the true score of that pick,
 the true score of the best candidate by estimate alone, |estimate - true| over its 3 best by estimate (what a
 user would read without verification), and items evaluated: by the search, and by verification and online
@@ -60,6 +64,13 @@ VARIANTS = {
     "irt+adaptive": {"type": "irt", "anchors": {"method": "adaptive", "n": 40, "target_sd": 0.04}},
     "irt+online(k=2)": {"type": "irt", "online_calibration": {"top_k": 2}},
     "irt+online, 50 anchors": {"type": "irt", "anchors": {"n": 50}, "online_calibration": {"top_k": 1}},
+    "irt+adaptive(exposure 8)": {"type": "irt", "anchors": {"method": "adaptive", "n": 40, "target_sd": 0.04,
+                                                            "exposure": 8}},
+    "irt+refresh, verify 1": {"type": "irt", "anchors": {"refresh": True}, "verify_top_k": 1},
+    "irt+refresh, 10 anchors, verify 1": {"type": "irt", "anchors": {"refresh": True, "n": 10}, "verify_top_k": 1},
+    "irt+adaptive(exposure 8), verify 1": {"type": "irt", "anchors": {"method": "adaptive", "n": 40,
+                                                                      "target_sd": 0.04, "exposure": 8},
+                                           "verify_top_k": 1},
 }
 HEADLINE = "irt+online"  # the summary's IRT search: the best variant at 20 anchors of the first 5-seed round
 
@@ -301,7 +312,7 @@ def plot(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     colors = dict(zip(VARIANTS, ["tab:blue", "tab:orange", "tab:green", "tab:olive", "tab:purple", "tab:red",
-                                 "tab:brown", "tab:pink", "tab:cyan"]))
+                                 "tab:brown", "tab:pink", "tab:cyan", "tab:gray", "black", "gold", "lime"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     seen = set()
     for r in runs:

@@ -185,14 +185,14 @@ class CandidateScorer:
             raise _Invalid(f"the merged weights are not finite in {len(bad)} tensor(s), e.g. {bad[0]}")
         return self.suite.evaluate(self.lm, items=items)
 
-    def answer_adaptively(self, recipe) -> dict:
+    def answer_adaptively(self, recipe, seed: int = 0) -> dict:
         """Materializes ``recipe`` and tests it adaptively (``merge3.irt.adaptive``): its answers on the items
-        chosen for it."""
+        chosen for it (``seed``: exposure control's draws, the candidate's merge seed)."""
         from .irt.adaptive import AdaptiveSettings, run_adaptive
 
         self.answer(recipe, {})  # materialize (and check) only: no item asked yet
         res = run_adaptive(self.calibration, self.spec.tasks, lambda want: self.suite.evaluate(self.lm, items=want),
-                           AdaptiveSettings(**self.spec.adaptive), exclude=self.spec.test_items)
+                           AdaptiveSettings(**self.spec.adaptive), exclude=self.spec.test_items, seed=seed)
         return res.responses
 
     def answer_model(self, path: str, items: dict[str, list[str]] | None = None) -> dict:
@@ -239,7 +239,7 @@ class CandidateScorer:
         except (ValueError, KeyError, TypeError) as exc:
             raise _Invalid(f"{type(exc).__name__}: {exc}") from None
         if self.spec.adaptive is not None and not job.full_responses:
-            responses = self.answer_adaptively(recipe)
+            responses = self.answer_adaptively(recipe, job.seed)
         else:
             responses = self.answer(recipe, None if job.full_responses else self.fitness_items(job.anchors))
         out.items_evaluated = sum(len(r) for r in responses.values())

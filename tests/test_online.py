@@ -269,3 +269,25 @@ def test_gp_and_gmp_irt_do_not_mix_in_the_plain_mean_of_adaptive_items(tmp_path)
                         train_models=models[:12], validation_models=models[12:], store=store,
                         settings={"gp_weight": 0.5})
     assert fixed.mixing_weight("gpirt", asked, "ta") == 0.5
+
+
+def test_adaptive_exposure_control_spreads_the_first_items_over_candidates_and_is_seeded(sim):
+    """exposure 1: every candidate at the prior is asked the same first batch; exposure 8: candidates with
+    other seeds are asked other items, the same seed the same ones."""
+    from merge3.irt.adaptive import AdaptiveSettings, run_adaptive
+
+    params, store, thetas = sim
+    cal = Calibration(params, {m: thetas[m] for m in store.models()}, ["e0", "e1", "e2"], base="base", store=store)
+    resp = sample_responses(params, thetas["e2"], np.random.default_rng(3))
+
+    def asked(exposure, seed):
+        res = run_adaptive(cal, ["ta", "tb"], lambda want: {t: {i: resp[t][i] for i in v} for t, v in want.items()},
+                           AdaptiveSettings(target_sd=0.001, max_items=8, exposure=exposure), seed=seed)
+        return {t: sorted(r) for t, r in res.responses.items()}
+
+    assert asked(1, 0) == asked(1, 7)
+    spread = [asked(8, s) for s in range(4)]
+    assert spread[0] == asked(8, 0)
+    assert len({json.dumps(a, sort_keys=True) for a in spread}) == 4
+    with pytest.raises(ValueError, match="exposure"):
+        AdaptiveSettings(exposure=0)

@@ -12,7 +12,12 @@ Items are chosen in batches (one lm-eval call each), greedily within a batch wit
 
 Stopping: every task's posterior standard deviation sqrt(v_t) at or below ``target_sd``, or ``max_items`` per
 task answered. The estimate is p-IRT's: the answered items' plain mean and the model's prediction for the rest.
-Deterministic: no random draws (the first batch is the most informative at the prior mean).
+
+Exposure control (``exposure`` > 1, "randomesque", Kingsbury & Zara 1989): each item is drawn uniformly among
+the ``exposure`` most informative ones, from a stream seeded by the candidate. With ``exposure`` 1 every
+candidate near the prior starts with the same items, and a search can then specialise on them as on fixed
+anchors; drawing among near-equally informative items spreads the questions over the benchmark. Deterministic
+either way: the same seed asks the same items.
 """
 
 from __future__ import annotations
@@ -31,11 +36,12 @@ class AdaptiveSettings:
     max_items: int = 60          # per task
     min_items: int = 4           # per task, before the stopping rule is consulted
     batch: int = 4               # items per task per step (one evaluation call per step)
+    exposure: int = 1            # each item drawn among this many most informative ones (1: the most informative)
 
     def __post_init__(self):
         if not 0 < self.target_sd < 1:
             raise ValueError(f"adaptive target_sd: expected a number in (0, 1), got {self.target_sd!r}")
-        for name in ("max_items", "min_items", "batch"):
+        for name in ("max_items", "min_items", "batch", "exposure"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"adaptive {name}: expected a positive integer, got {getattr(self, name)!r}")
         if self.min_items > self.max_items:
@@ -52,10 +58,11 @@ class AdaptiveResult:
 
 
 def run_adaptive(calibration, tasks: list[str], answer, settings: AdaptiveSettings | None = None,
-                 exclude: dict[str, list[str]] | None = None) -> AdaptiveResult:
+                 exclude: dict[str, list[str]] | None = None, seed: int = 0) -> AdaptiveResult:
     """Tests one candidate adaptively. ``answer({task: [item ids]}) -> {task: {item id: 0/1}}`` evaluates it;
-    ``exclude``: item ids per task never asked (a held-out test split)."""
+    ``exclude``: item ids per task never asked (a held-out test split); ``seed``: the exposure-control draws."""
     s = settings or AdaptiveSettings()
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 31337])
     params = calibration.item_params
     rows = {t: params.rows(t) for t in tasks}
     ids = {t: [params.item_ids[r] for r in rows[t]] for t in tasks}
@@ -74,7 +81,7 @@ def run_adaptive(calibration, tasks: list[str], answer, settings: AdaptiveSettin
                       and (asked[t].sum() < s.min_items or sd[t] > s.target_sd) and not (asked[t] | barred[t]).all()]
         if not open_tasks:
             break
-        want = _choose(params, rows, asked, barred, theta, sigma, grads, open_tasks, s)
+        want = _choose(params, rows, asked, barred, theta, sigma, grads, open_tasks, s, rng)
         got = answer({t: [ids[t][j] for j in js] for t, js in want.items()})
         for t, js in want.items():
             for j in js:
@@ -108,8 +115,10 @@ def _posterior(params, rows, asked, theta, prior_prec, tasks):
     return np.linalg.inv(info), grads
 
 
-def _choose(params, rows, asked, barred, theta, sigma, grads, open_tasks, s: AdaptiveSettings) -> dict[str, list[int]]:
-    """Up to ``s.batch`` items per open task, greedily by the reduction of sum_t v_t, Sigma updated per pick."""
+def _choose(params, rows, asked, barred, theta, sigma, grads, open_tasks, s: AdaptiveSettings,
+            rng) -> dict[str, list[int]]:
+    """Up to ``s.batch`` items per open task, greedily by the reduction of sum_t v_t (drawn among the
+    ``s.exposure`` largest), Sigma updated per pick."""
     picks = {t: [] for t in open_tasks}
     G = np.column_stack([grads[t] for t in grads])          # d x T
     cand = {t: np.flatnonzero(~(asked[t] | barred[t])) for t in open_tasks}
@@ -128,7 +137,12 @@ def _choose(params, rows, asked, barred, theta, sigma, grads, open_tasks, s: Ada
             w = wts[t][left]
             SA = A @ sigma                                     # m x d (sigma symmetric)
             gain = w[:, None] * (SA @ G) ** 2 / (1.0 + w * np.einsum("md,md->m", SA, A))[:, None]
-            best = int(left[int(np.argmax(gain.sum(axis=1)))])
+            total = gain.sum(axis=1)
+            if s.exposure > 1:
+                top = np.argsort(-total, kind="stable")[:s.exposure]
+                best = int(left[int(top[rng.integers(top.size)])])
+            else:
+                best = int(left[int(np.argmax(total))])
             picks[t].append(best)
             a = params.alpha[rows[t][best]]
             sa = sigma @ a

@@ -75,6 +75,9 @@ class AnchorSettings:
                            "this posterior standard deviation (0..1 scale) or less, or it answered n items per task",
                            0.03)
     batch: int = key("adaptive only: items per task chosen per step (one lm-eval call per step)", 4)
+    exposure: int = key("adaptive only: each item is drawn (seeded by the candidate) among this many most "
+                        "informative ones, so candidates are not all asked the same first items; 1: always the "
+                        "most informative", 1)
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,7 @@ class SearchConfig:
         if keep["fitness"]["online_calibration"] == dataclasses.asdict(OnlineCalibration()):
             del keep["fitness"]["online_calibration"]
         anchors = keep["fitness"]["anchors"]
-        for name, default in (("refresh", False), ("target_sd", 0.03), ("batch", 4)):
+        for name, default in (("refresh", False), ("target_sd", 0.03), ("batch", 4), ("exposure", 1)):
             if anchors[name] == default:
                 del anchors[name]
         if keep["merge"]["tokenizer_source"] is None:  # the default: digests from before the key stay valid
@@ -426,6 +429,7 @@ def _check_fitness(fit: dict, seed: int, raw_fitness: dict, base_dir: Path | Non
         raise ValueError(f"config key 'fitness.anchors.refresh': expected true or false, got {anc['refresh']!r}")
     _num(anc["target_sd"], "fitness.anchors.target_sd", 0.0001, 0.9999)
     _num(anc["batch"], "fitness.anchors.batch", 1, integer=True)
+    _num(anc["exposure"], "fitness.anchors.exposure", 1, integer=True)
     if anc["method"] == "adaptive":
         if fit["type"] != "irt":
             raise ValueError(f"config key 'fitness.anchors.method': adaptive chooses items with the IRT model and "

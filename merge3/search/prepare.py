@@ -150,7 +150,8 @@ def prepare(cfg: SearchConfig, rd: RunDir, pool_factory, say) -> tuple[ScorerSpe
 def adaptive_settings(cfg: SearchConfig) -> dict:
     """merge3.irt.adaptive.AdaptiveSettings of an adaptive fitness."""
     a = cfg.fitness.anchors
-    return {"target_sd": a.target_sd, "max_items": a.n, "min_items": min(a.batch, a.n), "batch": a.batch}
+    return {"target_sd": a.target_sd, "max_items": a.n, "min_items": min(a.batch, a.n), "batch": a.batch,
+            "exposure": a.exposure}
 
 
 def calibration_items(cfg: SearchConfig, cal_dir: str | None, n_items: dict) -> int:
