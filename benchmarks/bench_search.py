@@ -20,8 +20,8 @@ The same search (seed, genome, GA, population, number of candidates; single obje
   ``10 anchors``: refreshed sets of 10 anchors: the cheapest defended searches.
 
 Every variant except ``full`` verifies its 3 best candidates by estimate (the ``verify 1`` ones: its best) on
-every item when it ends (``fitness.verify_top_k``); the search's pick is the best verified one. Per run: the true score of that pick,
-the true score of the best candidate by estimate alone, |estimate - true| over its 3 best by estimate (what a
+every item when it ends (``fitness.verify_top_k``); the search's pick is the best verified one. Per run: the
+true score of that pick, the true score of the best candidate by estimate alone, |estimate - true| over its 3 best by estimate (what a
 user would read without verification), and items evaluated: by the search, and by verification and online
 calibration (counted in the cost; the one-off calibration is reported separately). True scores of candidates
 are measured here by scoring them on every item (the benchmark's measurement, not the search's cost).
