@@ -174,7 +174,7 @@ def main(argv=None) -> int:
                              "mae_per_task": {t: round(float(np.mean(v)), 3) for t, v in per_task[e].items()}})
 
     rows += adaptive_rows(cal, fulls, truth, tasks, n_full, a)
-    floor = model_floor(cal, fulls, truth, tasks)
+    floor = model_floor(cal, test_store, list(fulls), tasks)
 
     cal_items = cal.cost.get("items_total", 0)
     calibration = {"models": cal.cost.get("n_models"), "items_evaluated": cal_items,
@@ -233,19 +233,18 @@ def main(argv=None) -> int:
     return 0
 
 
-def model_floor(cal, fulls, truth, tasks) -> dict:
+def model_floor(cal, store, models, tasks) -> dict:
     """What no choice of anchors can beat: each held-out merge's ability fitted on every item it answered, then
-    mean_i p_i(theta) per task against its true accuracy. The error left is the item model's misfit."""
+    mean_i p_i(theta) per task against its true accuracy (the calibration's misfit diagnostic, on these merges).
+    The error left is the item model's misfit."""
+    from merge3.calibration import item_model_misfit
     from merge3.irt.fit import fit_ability
 
     params = cal.item_params
-    per_task = {t: [] for t in tasks}
-    for m, full in fulls.items():
-        theta = fit_ability(params, {t: full[t] for t in tasks}, cal.ability_prior_mean, 3.0)
-        for t in tasks:
-            per_task[t].append(100 * abs(float(np.mean(params.prob(theta, params.rows(t)))) - truth[m][t]))
-    return {"mae": round(float(np.mean([v for vs in per_task.values() for v in vs])), 3),
-            "mae_per_task": {t: round(float(np.mean(v)), 3) for t, v in per_task.items()}}
+    thetas = {m: fit_ability(params, {t: store.get(m)[t] for t in tasks}, cal.ability_prior_mean, 3.0)
+              for m in models}
+    per_task = item_model_misfit(params, thetas, store, models, tasks)
+    return {"mae": round(float(np.mean(list(per_task.values()))), 3), "mae_per_task": per_task}
 
 
 def adaptive_rows(cal, fulls, truth, tasks, n_full, a) -> list[dict]:

@@ -21,9 +21,9 @@ The same search (seed, genome, GA, population, number of candidates; single obje
 
 Every variant except ``full`` verifies its 3 best candidates by estimate (the ``verify 1`` ones: its best) on
 every item when it ends (``fitness.verify_top_k``); the search's pick is the best verified one. Per run: the
-true score of that pick, the true score of the best candidate by estimate alone, |estimate - true| over its 3 best by estimate (what a
-user would read without verification), and items evaluated: by the search, and by verification and online
-calibration (counted in the cost; the one-off calibration is reported separately). True scores of candidates
+true score of that pick, the true score of the best candidate by estimate alone, |estimate - true| over its 3
+best by estimate (what a user would read without verification), and items evaluated: by the search, and by
+verification and online calibration (counted in the cost; the one-off calibration is reported separately). True scores of candidates
 are measured here by scoring them on every item (the benchmark's measurement, not the search's cost).
 
 Searches run in this process (one in-process scorer per run, no Ray), so the figures are the search's, not
@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TARGET = "tw_arith_vl"
 VERIFY_K = 3
+ADAPTIVE = {"method": "adaptive", "n": 40, "target_sd": 0.04}  # the adaptive variants' items
 # fitness settings of each variant (merged into the search config's fitness section)
 VARIANTS = {
     "full": {"type": "full"},
@@ -61,16 +62,13 @@ VARIANTS = {
     "irt+refresh": {"type": "irt", "anchors": {"refresh": True}},
     "irt+online": {"type": "irt", "online_calibration": {"top_k": 1}},
     "irt+refresh+online": {"type": "irt", "anchors": {"refresh": True}, "online_calibration": {"top_k": 1}},
-    "irt+adaptive": {"type": "irt", "anchors": {"method": "adaptive", "n": 40, "target_sd": 0.04}},
+    "irt+adaptive": {"type": "irt", "anchors": ADAPTIVE},
     "irt+online(k=2)": {"type": "irt", "online_calibration": {"top_k": 2}},
     "irt+online, 50 anchors": {"type": "irt", "anchors": {"n": 50}, "online_calibration": {"top_k": 1}},
-    "irt+adaptive(exposure 8)": {"type": "irt", "anchors": {"method": "adaptive", "n": 40, "target_sd": 0.04,
-                                                            "exposure": 8}},
+    "irt+adaptive(exposure 8)": {"type": "irt", "anchors": {**ADAPTIVE, "exposure": 8}},
     "irt+refresh, verify 1": {"type": "irt", "anchors": {"refresh": True}, "verify_top_k": 1},
     "irt+refresh, 10 anchors, verify 1": {"type": "irt", "anchors": {"refresh": True, "n": 10}, "verify_top_k": 1},
-    "irt+adaptive(exposure 8), verify 1": {"type": "irt", "anchors": {"method": "adaptive", "n": 40,
-                                                                      "target_sd": 0.04, "exposure": 8},
-                                           "verify_top_k": 1},
+    "irt+adaptive(exposure 8), verify 1": {"type": "irt", "anchors": {**ADAPTIVE, "exposure": 8}, "verify_top_k": 1},
 }
 HEADLINE = "irt+online"  # the summary's IRT search: the best variant at 20 anchors of the first 5-seed round
 
