@@ -23,8 +23,9 @@ Every variant except ``full`` verifies its 3 best candidates by estimate (the ``
 every item when it ends (``fitness.verify_top_k``); the search's pick is the best verified one. Per run: the
 true score of that pick, the true score of the best candidate by estimate alone, |estimate - true| over its 3
 best by estimate (what a user would read without verification), and items evaluated: by the search, and by
-verification and online calibration (counted in the cost; the one-off calibration is reported separately). True scores of candidates
-are measured here by scoring them on every item (the benchmark's measurement, not the search's cost).
+verification and online calibration (counted in the cost; the one-off calibration is reported separately).
+True scores of candidates are measured here by scoring them on every item (the benchmark's measurement, not
+the search's cost).
 
 Searches run in this process (one in-process scorer per run, no Ray), so the figures are the search's, not
 the cluster's:
