@@ -141,7 +141,7 @@ def draws_agree(device, n: int = 1 << 20) -> dict:
     key = draws.key(0, "model.layers.0.mlp.up_proj.weight", 1)
     cpu = draws.uniform(key, n)
     eager = draws.uniform(key, n, device).cpu()
-    compiled = torch.compile(lambda k: draws.uniform_at(torch.arange(n, device=k.device), k[0], k[1]))
+    compiled = torch.compile(lambda k: draws.uniform_at(draws.index(n, k.device), k[0], k[1]))
     fused = compiled(draws.key_tensor(key, device)).cpu()
     return {"eager_equals_cpu": bool(torch.equal(eager, cpu)), "compiled_equals_cpu": bool(torch.equal(fused, cpu))}
 

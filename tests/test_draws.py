@@ -42,23 +42,44 @@ def test_draws_do_not_depend_on_chunking_or_shape(monkeypatch):
     whole = D.uniform(k, (300, 7))
     monkeypatch.setattr(D, "_CHUNK", 64)
     assert torch.equal(D.uniform(k, 2100).reshape(300, 7), whole)
-    at = D.uniform_at(torch.tensor([5, 2099], dtype=torch.int64), *D.key_tensor(k, "cpu"))
+    at = D.uniform_at(torch.tensor([5, 2099], dtype=torch.int32), *D.key_tensor(k, "cpu"))
     assert torch.equal(at, whole.reshape(-1)[[5, 2099]])
 
 
-def test_eager_int32_path_matches_the_int64_formula():
-    """The eager kernels draw with wrapping int32 arithmetic, the fused ones with masked int64: same bits,
-    including indices and keys with the top bit set."""
+def _reference_bits(j: int, k0: int, k1: int) -> int:
+    """The draws' formula in Python integers (unbounded, masked to 32 bits by hand): what both int32 paths
+    must compute."""
+    def mix(x):
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x ^= x >> 15
+        x = (x * 0x2C1B3C6D) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+    return mix(mix((j & 0xFFFFFFFF) ^ k0) ^ k1) >> 8
+
+
+def test_both_int32_paths_compute_the_formula():
+    """The eager path (in place, chunked) and the fused one (one expression, compiled or not) wrap int32
+    multiplication and mask their shifts: the formula's bits, including indices and keys with the top bit set
+    and indices past int32's range (their low 32 bits)."""
     k = D.key(2, "t", 1)
-    assert torch.equal(D.uniform(k, 1 << 17), D.uniform_at(torch.arange(1 << 17), *k))
-    index = torch.arange((1 << 32) - 4096, 1 << 32)
+    n = (1 << 17) + 3  # vectorized loop and scalar tail, when compiled
+    eager = D.uniform(k, n)
+    assert torch.equal(eager, D.uniform_at(D.index(n), *D.key_tensor(k, "cpu")))
+    assert torch.equal(eager, torch.compile(D.uniform_at)(D.index(n), *D.key_tensor(k, "cpu")))
+    js = [0, 1, 2099, (1 << 31) - 1, 1 << 31, (1 << 32) - 1, (1 << 32) + 5]
+    index = torch.tensor(js, dtype=torch.int64).to(torch.int32)
+    compiled = torch.compile(D.bits_at, dynamic=False)
     for k0, k1 in ((0xFFFFFFFF, 0x80000000), (5, 0x7FFFFFFF), k):
-        x = index.to(torch.int32)
+        expected = torch.tensor([_reference_bits(j, k0, k1) for j in js], dtype=torch.int32)
+        keys = D.key_tensor((k0, k1), "cpu")
+        assert torch.equal(D.bits_at(index, *keys), expected)
+        assert torch.equal(compiled(index, *keys), expected)
+        x = index.clone()
         tmp = torch.empty_like(x)
-        D._mix32_(x.bitwise_xor_(D._signed32(k0)), tmp)
-        D._mix32_(x.bitwise_xor_(D._signed32(k1)), tmp)
-        eager = (torch.bitwise_right_shift(x, 8) & 0xFFFFFF).to(torch.float32) * 2.0 ** -24
-        assert torch.equal(eager, D.uniform_at(index, k0, k1))
+        D._mix32_(x.bitwise_xor_(int(keys[0])), tmp)
+        D._mix32_(x.bitwise_xor_(int(keys[1])), tmp)
+        assert torch.equal(torch.bitwise_right_shift(x, 8) & 0xFFFFFF, expected)
 
 
 def test_threshold_compares_bits_as_the_float_draws_compare():

@@ -51,7 +51,7 @@ def _select(delta: torch.Tensor, sel: tuple) -> torch.Tensor:
         keep = (sel[1] >= sel[2]) & (sel[1] < sel[3])
     else:  # the draws are computed in the pass from their key, not read from memory
         draw_key = sel[1]
-        index = torch.arange(x.numel(), dtype=torch.int64, device=x.device)
+        index = draws.index(x.numel(), x.device)
         if kind == "draw_lt":
             keep = draws.bits_at(index, draw_key[0], draw_key[1]) < sel[2]
         else:

@@ -450,7 +450,7 @@ def _keep_all(spec, rank, work, dev, n):
         return ("rank_lt", rank, n)
     if kind == "magnitude_outliers":
         return ("rank_between", rank, 0, n)
-    any_key = work.zeros("draw_key", 2, torch.int64, dev)  # every draw is below 1.0
+    any_key = work.zeros("draw_key", 2, torch.int32, dev)  # every draw is below 1.0
     if kind == "random":
         return ("draw_lt", any_key, 1 << 24)
     return ("della", any_key, rank, 1, 0.0, 1.0)
