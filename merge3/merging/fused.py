@@ -39,7 +39,7 @@ def _select(delta: torch.Tensor, sel: tuple) -> torch.Tensor:
       ("rank_lt", rank, k)                   magnitude: rank < k
       ("rank_between", rank, lo, hi)         magnitude_outliers: lo <= rank < hi
       ("draw_lt", key, t)                    random: draw < p, as bits < t = draws.threshold(p)
-      ("della", key, rank, cols, a, b)       della: draw < rank / cols * a + b
+      ("della", key, rank, a, b)             della: draw < rank * a + b (rank: normalized, float32)
     (key: ``draws.key_tensor``; the draws are computed here, see ``merge3.merging.draws``)"""
     kind = sel[0]
     x = delta.to(_F32)
@@ -55,8 +55,8 @@ def _select(delta: torch.Tensor, sel: tuple) -> torch.Tensor:
         if kind == "draw_lt":
             keep = draws.bits_at(index, draw_key[0], draw_key[1]) < sel[2]
         else:
-            _, _, rank, cols, a, b = sel
-            keep = draws.uniform_at(index, draw_key[0], draw_key[1]) < (rank.to(_F32) / cols * a + b)
+            _, _, rank, a, b = sel
+            keep = draws.uniform_at(index, draw_key[0], draw_key[1]) < (rank * a + b)
     return x * keep.to(_F32)
 
 

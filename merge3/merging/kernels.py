@@ -188,10 +188,8 @@ def _sparsify_into(spec, name, i, delta, x, p, shared, seed, rank, work, n):
                                  f"epsilon={eps:g}")
             if rank is None:
                 rank = S.della_ranks(x.reshape(delta.shape))
-            cols = rank.shape[1]
             probs = work.get("probs", n, torch.float32, x.device)
-            probs.copy_(rank.reshape(-1))
-            probs.div_(max(cols - 1, 1)).mul_(2 * eps).add_(density - eps)
+            probs.copy_(rank.reshape(-1)).mul_(2 * eps).add_(density - eps)
             torch.lt(r, probs, out=r)
     if kind in ("magnitude", "magnitude_outliers"):
         r = work.get("rand", n, torch.float32, x.device)
@@ -424,7 +422,7 @@ def _selection(spec, name, i, delta, shape, p, seed, rank, work):
         raise ValueError(f"della needs density +/- epsilon inside (0, 1), got density={density:g}, "
                          f"epsilon={eps:g}")
     rank = S.della_ranks(delta.to(torch.float32).reshape(shape)) if rank is None else rank
-    return ("della", draw_key, rank.reshape(-1), max(rank.shape[1] - 1, 1), f32(2 * eps), f32(density - eps))
+    return ("della", draw_key, rank.reshape(-1), f32(2 * eps), f32(density - eps))
 
 
 def _abs32(delta: torch.Tensor) -> torch.Tensor:
@@ -441,11 +439,13 @@ def _kept_as_rank(keep: torch.Tensor, work: Workspace, i: int) -> torch.Tensor:
 
 def _keep_all(spec, rank, work, dev, n):
     """The method's selection kind with a mask of ones (entries kept whole, or already selected). ``rank``: any
-    integer tensor of n entries (a mask of ones compares nothing that matters), so the graph stays the same."""
+    tensor of n entries of the cached ranks' dtype (a mask of ones compares nothing that matters), so the graph
+    stays the same."""
     kind = spec.sparsify
     if kind is None:
         return ("none",)
-    rank = work.zeros("rank", n, torch.int32, dev) if rank is None else rank.reshape(-1)
+    dtype = torch.float32 if kind == "della" else torch.int32  # della's ranks are normalized
+    rank = work.zeros("rank", n, dtype, dev) if rank is None else rank.reshape(-1)
     if kind == "magnitude":
         return ("rank_lt", rank, n)
     if kind == "magnitude_outliers":
@@ -453,7 +453,7 @@ def _keep_all(spec, rank, work, dev, n):
     any_key = work.zeros("draw_key", 2, torch.int32, dev)  # every draw is below 1.0
     if kind == "random":
         return ("draw_lt", any_key, 1 << 24)
-    return ("della", any_key, rank, 1, 0.0, 1.0)
+    return ("della", any_key, rank, 0.0, 1.0)
 
 
 def _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work):

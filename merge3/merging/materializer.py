@@ -7,8 +7,9 @@ new model object per candidate.
 Memory (P parameters, N endpoints, storage dtype of b bytes, e.g. b = 2 for bf16):
   on the device: live model P*b + resident base P*b + task vectors N*P*b, plus float32 scratch for the largest
   tensor times about N + 3 (the TIES family; linear/task_arithmetic need one tensor) and, when cached
-  (``rank_cache``), per-row DELLA ranks N*P*4 bytes (int32) once a DELLA recipe is applied, magnitude ranks
-  N*P*4 bytes (int32) once a TIES / breadcrumbs recipe is; uncached, they are recomputed per candidate.
+  (``rank_cache``), per-row DELLA ranks N*P*4 bytes (float32, normalized) once a DELLA recipe is applied,
+  magnitude ranks N*P*4 bytes (int32) once a TIES / breadcrumbs recipe is; uncached, they are recomputed per
+  candidate.
   7B endpoints in bf16 (P = 6.7e9, N = 3): 13.5 GB each, so 2*13.5 + 3*13.5 = 67 GB on the GPU, plus
   ~2.5 GB scratch (the 131M-entry embedding, float32, 5 copies).
   ``offload_task_vectors=True`` keeps the task vectors in pinned CPU memory (N*P*b of host RAM, 40 GB here)
@@ -82,7 +83,7 @@ def _host_available() -> int | None:
 
 
 def rank_bytes(t: torch.Tensor) -> int:
-    """Bytes of the cached ranks of one task vector: int32, magnitude ranks and DELLA's per-row ranks alike."""
+    """Bytes of the cached ranks of one task vector: 4 per entry (int32 magnitude ranks, float32 DELLA ranks)."""
     return t.numel() * 4
 
 
