@@ -64,6 +64,13 @@ def _masked(out: torch.Tensor, delta: torch.Tensor, sel: tuple) -> None:
     out.copy_(_select(delta, sel))
 
 
+def _masked_abs(out: torch.Tensor, magnitude: torch.Tensor, delta: torch.Tensor, sel: tuple) -> None:
+    """``_masked``, writing |out| too in the same pass: what the L1 rescale sums (no pass of its own over out)."""
+    x = _select(delta, sel)
+    out.copy_(x)
+    magnitude.copy_(x.abs())
+
+
 def _combine(out: torch.Tensor, base: torch.Tensor, inputs: list, sels: list, factors: list, weights: list,
              consensus: str | None, normalize: bool, total: float, lam: float) -> None:
     """The TIES family: select, rescale (``factors``: 0-dim tensors, 1.0 when none), weigh, sign consensus
@@ -142,6 +149,7 @@ class _Lazy:
 
 
 masked = _Lazy(_masked)
+masked_abs = _Lazy(_masked_abs)
 weighted_sum = _Lazy(_weighted_sum, **{"cpp.enable_floating_point_contract_flag": "fast"})
 combine = _Lazy(_combine)
 slerp = _Lazy(_slerp)

@@ -497,11 +497,14 @@ def _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work):
             d, sel = work.zeros("input", n, dtype, dev), _keep_all(spec, some_rank, work, dev, n)
         if rescale:  # the L1 rescale needs the masked vector whole: mask it first, then combine it as it is
             x = work.get(f"x{i}", n, torch.float32, dev)
-            F.masked(x, d, sel)
             if p["density"] < 1 and not empty:
+                magnitude = work.get("abs", n, torch.float32, dev)
+                F.masked_abs(x, magnitude, d, sel)
                 before = work.constant(("l1", name, i, id(delta)), lambda: S.l1(d.to(torch.float32)))
-                rescaled = S.l1_factor(before, S.l1(x, work.get("abs", n, torch.float32, dev)))
+                rescaled = S.l1_factor(before, magnitude.sum())  # S.l1(x): the same |x|, summed alike
                 factor = factor if rescaled is None else rescaled
+            else:
+                F.masked(x, d, sel)
             d, sel = x, ("none",)
         inputs.append(d)
         sels.append(sel)
