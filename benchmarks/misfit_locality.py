@@ -7,7 +7,9 @@ to correct the held-out merges' residuals, and the floor is measured again:
 * the mean residual of each held-out merge's k nearest calibration merges in theta;
 * a ridge regression of the residual on theta.
 If a correction lowers the floor, the misfit is partly a smooth function of ability that an estimator could
-learn from the calibration population.
+learn from the calibration population. Then the same with theta read from --n random anchors per task (5 anchor
+seeds), as a search would: p-IRT and gp-IRT with and without the neighbours' residual added to the part of each
+task they estimate (1 - lambda of it; gp-IRT: times 1 - delta too).
 
     .venv/bin/python benchmarks/misfit_locality.py --n-cal 100 --dim 5   # after bench_estimation with those
 
@@ -41,12 +43,14 @@ def main() -> None:
     ap.add_argument("--n-cal", type=int, default=100, help="random merges in the calibration population")
     ap.add_argument("--dim", type=int, default=5)
     ap.add_argument("--n-test", type=int, default=50)
+    ap.add_argument("--n", type=int, default=20, help="random anchors per task for the second part")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "misfit_locality.json"))
     a = ap.parse_args()
 
     from merge3.calibration import Calibration
     from merge3.evaluation.store import ResponseStore
-    from merge3.irt.fit import fit_ability
+    from merge3.irt import estimate, select_anchors
+    from merge3.irt.fit import fit_ability, fit_logistic_map, responses_to_rows
     from merge3.world import resolve_world
     from merge3.world.build import default_cache
 
@@ -84,6 +88,27 @@ def main() -> None:
     for lam in (0.1, 1.0, 10.0):
         W = np.linalg.solve(X.T @ X + lam * np.eye(X.shape[1]), X.T @ r_cal)
         out["ridge"][lam] = floor(r_test - np.c_[th_test, np.ones(len(th_test))] @ W)
+    errors = {k: [] for k in ("pirt", "pirt+neighbours", "gpirt", "gpirt+neighbours")}
+    for seed in range(5):
+        anchors = select_anchors("random", a.n, cal, seed=seed)
+        layout = cal.layout(anchors)
+        lam = np.array([len(anchors.items[t]) / len(layout[t][0]) for t in tasks])
+        delta = np.array([cal.mixing_weight("gpirt", anchors, t) for t in tasks])
+        for m in test_store.models()[: a.n_test]:
+            answers = test_store.get(m)
+            truth = np.array([np.mean(list(answers[t].values())) for t in tasks])
+            seen = {t: {i: answers[t][i] for i in anchors.items[t]} for t in tasks}
+            rows, y = responses_to_rows(params, seen)
+            theta = fit_logistic_map(params.alpha[rows], y, params.beta[rows], cal.ability_prior_mean,
+                                     cal.ability_prior_sd)  # as p-/gp-IRT fit it
+            fix = r_cal[np.argsort(np.linalg.norm(th_cal - theta, axis=1))[:5]].mean(0) * (1 - lam)
+            for e in ("pirt", "gpirt"):
+                est = estimate(e, seen, cal, anchors)
+                z = np.array([est[t] for t in tasks])
+                errors[e].append(np.abs(z - truth))
+                errors[e + "+neighbours"].append(np.abs(z + fix * (1 - delta if e == "gpirt" else 1) - truth))
+    out["with_anchor_theta"] = {"n": a.n, "anchor_seeds": 5, "neighbours": 5,
+                                "mae": {k: round(100 * float(np.mean(v)), 3) for k, v in errors.items()}}
     print(json.dumps(out, indent=1))
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
 
