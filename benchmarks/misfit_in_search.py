@@ -9,7 +9,9 @@ estimates ((1 - delta)(1 - lambda)). Population models include online calibratio
 candidates, i.e. models where the search goes. Compared with the true target scores (every item): over the
 last two generations' candidates, and over each search's 3 best by estimate (the front a user would read).
 If the correction leaves the front's error where it was, that error is the selection of candidates whose
-anchor answers were lucky, not the item model's misfit.
+anchor answers were lucky, not the item model's misfit. Then what would remove a winner's curse: the front
+re-estimated on --fresh random items per candidate it was not selected on (items it never answered; 5 draws
+each; gmp-IRT with the search's final calibration).
 
     .venv/bin/python benchmarks/misfit_in_search.py [--seeds 5 6 7 8 9] [--neighbours 1 2 5]
 
@@ -39,6 +41,7 @@ def main() -> None:
     ap.add_argument("--world", default="small")
     ap.add_argument("--seeds", type=int, nargs="+", default=[5, 6, 7, 8, 9])
     ap.add_argument("--neighbours", type=int, nargs="+", default=[1, 2, 5])
+    ap.add_argument("--fresh", type=int, nargs="+", default=[20, 50, 100], help="fresh items per front candidate")
     ap.add_argument("--calibration", default="calibration-100-400-2-d5", help="bench_search's calibration dir")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "misfit_in_search.json"))
     a = ap.parse_args()
@@ -59,6 +62,19 @@ def main() -> None:
     rows_t = params.rows(target)
     scorer = B.TrueScorer(world, B.MODELS)
 
+    def fresh_errors(rec, true, online, fresh):
+        """|gmp-IRT estimate on fresh random items - true| for this front candidate, 5 draws per size."""
+        cal = base.with_models({v["candidate"]: v["responses"] for v in online})
+        answers = scorer.scorer.answer(scorer.scorer.recipe(rec["genome"], rec["seed"]),
+                                       {target: scorer.scorer.suite.item_ids(target)})[target]
+        unseen = sorted(set(answers) - set(rec["responses"][target]))
+        for n in fresh:
+            for draw in range(5):
+                ids = list(np.random.default_rng([rec["seed"], n, draw]).choice(unseen, n, replace=False))
+                anchors = Anchors.uniform({target: ids}, method="random")
+                z = estimate("gmpirt", {target: {i: answers[i] for i in ids}}, cal, anchors)[target]
+                fresh[n].append(abs(z - true))
+
     def residuals(cal):
         """Ability and target residual of every population model with its target answers."""
         th, r = [], []
@@ -73,6 +89,7 @@ def main() -> None:
     for k in a.neighbours:
         errors["last_generations"][f"neighbours_{k}"], errors["front"][f"neighbours_{k}"] = [], []
     check = 0.0
+    fresh = {n: [] for n in a.fresh}
     for seed in a.seeds:
         rd = work / "runs" / f"irt+refresh+online-s{seed}"
         if not (rd / "evaluations.jsonl").is_file():
@@ -100,11 +117,14 @@ def main() -> None:
             share = (1 - cal.mixing_weight("gmpirt", anchors, target)) * (1 - len(rows) / len(rows_t))
             true = scorer.score(r["genome"], r["seed"], [target])[target]
             groups = ["front"] * (r["candidate"] in front) + ["last_generations"] * (g >= last - 1)
+            if r["candidate"] in front:
+                fresh_errors(r, true, online, fresh)
             for group in groups:
                 errors[group]["uncorrected"].append(abs(z - true))
                 for k in a.neighbours:
                     errors[group][f"neighbours_{k}"].append(abs(z + share * r_pop[nearest[:k]].mean() - true))
     out = {"seeds": a.seeds, "check": check,
+           "front_fresh_items_mae_points": {n: round(100 * float(np.mean(v)), 2) for n, v in fresh.items()},
            "mae_points": {grp: {k: round(100 * float(np.mean(v)), 2) for k, v in e.items()}
                           for grp, e in errors.items()},
            "counts": {grp: len(e["uncorrected"]) for grp, e in errors.items()}}
