@@ -32,18 +32,28 @@ def key(seed: int, tensor_name: str, index: int) -> tuple[int, int]:
     return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:8], "little")
 
 
+# The finalizer's rounds, shared by both paths: x ^= x >>> shift, then x *= multiplier (odd, below 2**31; none
+# after the last shift).
+_ROUNDS = ((16, 0x7FEB352D), (15, 0x2C1B3C6D), (16, None))
+
+
+def _low_bits(shift: int) -> int:
+    """The mask that makes an int32 right shift by ``shift`` logical (the arithmetic one's sign bits off)."""
+    return (1 << (32 - shift)) - 1
+
+
 def _lsr(x: torch.Tensor, shift: int) -> torch.Tensor:
-    """x >>> shift on int32 (a logical shift: the arithmetic one's sign bits masked off)."""
-    return (x >> shift) & ((1 << (32 - shift)) - 1)
+    """x >>> shift on int32."""
+    return (x >> shift) & _low_bits(shift)
 
 
 def _mix(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer finalizer (xor-shift-multiply; both multipliers odd and below 2**31), on int32."""
-    x = x ^ _lsr(x, 16)
-    x = x * 0x7FEB352D
-    x = x ^ _lsr(x, 15)
-    x = x * 0x2C1B3C6D
-    return x ^ _lsr(x, 16)
+    """A 32-bit integer finalizer (xor-shift-multiply, ``_ROUNDS``), on int32."""
+    for shift, multiplier in _ROUNDS:
+        x = x ^ _lsr(x, shift)
+        if multiplier is not None:
+            x = x * multiplier
+    return x
 
 
 def index(n: int, device=None) -> torch.Tensor:
@@ -79,18 +89,17 @@ def _signed32(v: int) -> int:
 
 
 def _shift_xor_(x: torch.Tensor, shift: int, tmp: torch.Tensor) -> None:
-    """x ^= x >>> shift on int32 (a logical shift: the arithmetic one's sign bits masked off)."""
-    torch.bitwise_right_shift(x, shift, out=tmp).bitwise_and_((1 << (32 - shift)) - 1)
+    """x ^= x >>> shift on int32, in place."""
+    torch.bitwise_right_shift(x, shift, out=tmp).bitwise_and_(_low_bits(shift))
     x.bitwise_xor_(tmp)
 
 
 def _mix32_(x: torch.Tensor, tmp: torch.Tensor) -> None:
     """``_mix`` in place, with ``tmp`` as scratch (no temporaries per step)."""
-    _shift_xor_(x, 16, tmp)
-    x.mul_(0x7FEB352D)
-    _shift_xor_(x, 15, tmp)
-    x.mul_(0x2C1B3C6D)
-    _shift_xor_(x, 16, tmp)
+    for shift, multiplier in _ROUNDS:
+        _shift_xor_(x, shift, tmp)
+        if multiplier is not None:
+            x.mul_(multiplier)
 
 
 def uniform_(out: torch.Tensor, draw_key: tuple[int, int]) -> torch.Tensor:
@@ -110,7 +119,7 @@ def uniform_(out: torch.Tensor, draw_key: tuple[int, int]) -> torch.Tensor:
             x.copy_(torch.arange(start, stop, dtype=torch.int64, device=out.device))
         _mix32_(x.bitwise_xor_(k0), tmp)
         _mix32_(x.bitwise_xor_(k1), tmp)
-        torch.bitwise_right_shift(x, 8, out=tmp).bitwise_and_(0xFFFFFF)
+        torch.bitwise_right_shift(x, 8, out=tmp).bitwise_and_(_low_bits(8))
         flat[start:stop].copy_(tmp)
     return flat.mul_(2.0 ** -24).view(out.shape)
 
