@@ -238,13 +238,17 @@ def model_floor(cal, store, models, tasks) -> dict:
     mean_i p_i(theta) per task against its true accuracy (the calibration's misfit diagnostic, on these merges).
     The error left is the item model's misfit."""
     from merge3.calibration import item_model_misfit
+
+    thetas = {m: full_ability(cal, store.get(m), tasks) for m in models}
+    per_task = item_model_misfit(cal.item_params, thetas, store, models, tasks)
+    return {"mae": round(float(np.mean(list(per_task.values()))), 3), "mae_per_task": per_task}
+
+
+def full_ability(cal, answers: dict, tasks) -> np.ndarray:
+    """A model's ability fitted on every item it answered (a weak prior: sd 3)."""
     from merge3.irt.fit import fit_ability
 
-    params = cal.item_params
-    thetas = {m: fit_ability(params, {t: store.get(m)[t] for t in tasks}, cal.ability_prior_mean, 3.0)
-              for m in models}
-    per_task = item_model_misfit(params, thetas, store, models, tasks)
-    return {"mae": round(float(np.mean(list(per_task.values()))), 3), "mae_per_task": per_task}
+    return np.asarray(fit_ability(cal.item_params, {t: answers[t] for t in tasks}, cal.ability_prior_mean, 3.0))
 
 
 def adaptive_rows(cal, fulls, truth, tasks, n_full, a) -> list[dict]:

@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "misfit_in_search.json"))
     a = ap.parse_args()
 
-    from merge3.calibration import Calibration
+    from merge3.calibration import Calibration, item_model_residuals
     from merge3.irt import estimate
     from merge3.irt.anchors import Anchors
     from merge3.irt.estimators import mp_ability
@@ -62,9 +62,9 @@ def main() -> None:
     rows_t = params.rows(target)
     scorer = B.TrueScorer(world, B.MODELS)
 
-    def fresh_errors(rec, true, online, fresh):
-        """|gmp-IRT estimate on fresh random items - true| for this front candidate, 5 draws per size."""
-        cal = base.with_models({v["candidate"]: v["responses"] for v in online})
+    def fresh_errors(rec, true, cal, fresh):
+        """|gmp-IRT estimate on fresh random items - true| for this front candidate, 5 draws per size; ``cal``:
+        the search's final calibration."""
         answers = scorer.scorer.answer(scorer.scorer.recipe(rec["genome"], rec["seed"]),
                                        {target: scorer.scorer.suite.item_ids(target)})[target]
         unseen = sorted(set(answers) - set(rec["responses"][target]))
@@ -77,13 +77,9 @@ def main() -> None:
 
     def residuals(cal):
         """Ability and target residual of every population model with its target answers."""
-        th, r = [], []
-        for m in cal.train_models:
-            answers = cal.store.get(m).get(target)
-            if answers:
-                th.append(cal.abilities[m])
-                r.append(np.mean(list(answers.values())) - np.mean(params.prob(cal.abilities[m], rows_t)))
-        return np.array(th), np.array(r)
+        models = [m for m in cal.train_models if cal.store.get(m).get(target)]
+        return (np.array([cal.abilities[m] for m in models]),
+                item_model_residuals(params, cal.abilities, cal.store, models, [target])[:, 0])
 
     errors = {"last_generations": {"uncorrected": []}, "front": {"uncorrected": []}}
     for k in a.neighbours:
@@ -98,6 +94,7 @@ def main() -> None:
         online = [v for v in map(json.loads, open(rd / "verified.jsonl"))
                   if v["stage"] == "online" and v["status"] == "ok"]
         front = {r["candidate"] for r in best_by_estimate(recs, 3)}
+        final = base.with_models({v["candidate"]: v["responses"] for v in online})
         last = max(r["generation"] for r in recs)
         cals = {}
         for r in recs:
@@ -118,7 +115,7 @@ def main() -> None:
             true = scorer.score(r["genome"], r["seed"], [target])[target]
             groups = ["front"] * (r["candidate"] in front) + ["last_generations"] * (g >= last - 1)
             if r["candidate"] in front:
-                fresh_errors(r, true, online, fresh)
+                fresh_errors(r, true, final, fresh)
             for group in groups:
                 errors[group]["uncorrected"].append(abs(z - true))
                 for k in a.neighbours:

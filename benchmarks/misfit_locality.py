@@ -21,12 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_estimation as E  # noqa: E402  (its abilities fitted on every answer, as its model floor fits them)
 
 
 def find_calibration(cache: Path, n_models: int, dim: int) -> Path:
@@ -47,10 +51,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "misfit_locality.json"))
     a = ap.parse_args()
 
-    from merge3.calibration import Calibration
+    from merge3.calibration import Calibration, item_model_residuals
     from merge3.evaluation.store import ResponseStore
     from merge3.irt import estimate, select_anchors
-    from merge3.irt.fit import fit_ability, fit_logistic_map, responses_to_rows
+    from merge3.irt.estimators import map_ability
+    from merge3.irt.fit import responses_to_rows
     from merge3.world import resolve_world
     from merge3.world.build import default_cache
 
@@ -60,18 +65,16 @@ def main() -> None:
     cal = Calibration.load(cal_dir)
     params, tasks = cal.item_params, cal.tasks
 
-    def residual(answers: dict) -> tuple[np.ndarray, np.ndarray]:
-        theta = np.asarray(fit_ability(params, {t: answers[t] for t in tasks}, cal.ability_prior_mean, 3.0))
-        acc = np.array([np.mean(list(answers[t].values())) for t in tasks])
-        p = np.array([np.mean(params.prob(theta, params.rows(t))) for t in tasks])
-        return acc - p, theta
+    def residuals(store, models) -> tuple[np.ndarray, np.ndarray]:
+        """Signed residuals (models x tasks) and abilities, each fitted on every answer."""
+        thetas = {m: E.full_ability(cal, store.get(m), tasks) for m in models}
+        return item_model_residuals(params, thetas, store, models, tasks), np.array([thetas[m] for m in models])
 
     meta = json.loads((cal_dir / "calibration.json").read_text())
-    cal_store = ResponseStore(cache / "calibration_responses.jsonl")
     test_store = ResponseStore(cache / "test_responses.jsonl")
-    r_cal, th_cal = map(np.array, zip(*[residual(cal_store.get(m))
-                                          for m in meta["train_models"] + meta["validation_models"]]))
-    r_test, th_test = map(np.array, zip(*[residual(test_store.get(m)) for m in test_store.models()[: a.n_test]]))
+    r_cal, th_cal = residuals(ResponseStore(cache / "calibration_responses.jsonl"),
+                              meta["train_models"] + meta["validation_models"])
+    r_test, th_test = residuals(test_store, test_store.models()[: a.n_test])
 
     def floor(corrected: np.ndarray) -> float:
         return round(100 * float(np.abs(corrected).mean()), 3)
@@ -99,8 +102,7 @@ def main() -> None:
             truth = np.array([np.mean(list(answers[t].values())) for t in tasks])
             seen = {t: {i: answers[t][i] for i in anchors.items[t]} for t in tasks}
             rows, y = responses_to_rows(params, seen)
-            theta = fit_logistic_map(params.alpha[rows], y, params.beta[rows], cal.ability_prior_mean,
-                                     cal.ability_prior_sd)  # as p-/gp-IRT fit it
+            theta = map_ability(cal, rows, y)  # as p-/gp-IRT fit it
             fix = r_cal[np.argsort(np.linalg.norm(th_cal - theta, axis=1))[:5]].mean(0) * (1 - lam)
             for e in ("pirt", "gpirt"):
                 est = estimate(e, seen, cal, anchors)

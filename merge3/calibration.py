@@ -397,13 +397,16 @@ def item_model_misfit(params, abilities: dict, store: ResponseStore, models: lis
     """Per task, mean |mean_i p_i(theta_m) - accuracy_m| in points over ``models``, each theta_m fitted on all of
     that model's answers: the error no anchor set can remove (an estimator that reads only the item model is
     at least this far off; gp/gmp-IRT get below it by leaning on the anchors' answers)."""
-    out = {}
-    for t in tasks:
-        rows = params.rows(t)
-        errs = [abs(float(np.mean(params.prob(np.asarray(abilities[m]), rows)))
-                    - float(np.mean(list(store.get(m)[t].values())))) for m in models]
-        out[t] = round(100 * float(np.mean(errs)), 3) if errs else None
-    return out
+    r = item_model_residuals(params, abilities, store, models, tasks)
+    return {t: round(100 * float(np.mean(np.abs(r[:, k]))), 3) if models else None for k, t in enumerate(tasks)}
+
+
+def item_model_residuals(params, abilities: dict, store: ResponseStore, models: list[str],
+                         tasks: list[str]) -> np.ndarray:
+    """accuracy_m - mean_i p_i(theta_m) per model (rows, in ``models``' order) and task (columns)."""
+    return np.array([[float(np.mean(list(store.get(m)[t].values())))
+                      - float(np.mean(params.prob(np.asarray(abilities[m]), params.rows(t)))) for t in tasks]
+                     for m in models]).reshape(len(models), len(tasks))
 
 
 def _write(out: Path, params: ItemParams, store: ResponseStore, meta: dict, cfg: CalibrationConfig) -> None:

@@ -66,11 +66,7 @@ def estimate(name: str, anchor_responses: dict[str, dict[str, int]], calibration
     params = calibration.item_params
     layout = calibration.layout(anchors)
     rows, y = responses_to_rows(params, {t: dict(zip(anchors.items[t], ys[t])) for t in ys})
-    if name in ("irt", "pirt", "gpirt"):
-        theta = fit_logistic_map(params.alpha[rows], y, params.beta[rows], calibration.ability_prior_mean,
-                                 calibration.ability_prior_sd)
-    else:
-        theta = mp_ability(calibration, rows, y)
+    theta = (map_ability if name in ("irt", "pirt", "gpirt") else mp_ability)(calibration, rows, y)
     out = {}
     for t in ys:
         all_rows, rest_rows = layout[t]
@@ -85,6 +81,12 @@ def estimate(name: str, anchor_responses: dict[str, dict[str, int]], calibration
             z = delta * Z_anchor[t] + (1.0 - delta) * z
         out[t] = z
     return out
+
+
+def map_ability(calibration, rows: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """theta, the MAP fit on the anchors (prior: the calibration population's abilities): IRT, p- and gp-IRT's."""
+    return fit_logistic_map(calibration.item_params.alpha[rows], y, calibration.item_params.beta[rows],
+                            calibration.ability_prior_mean, calibration.ability_prior_sd)
 
 
 def mp_ability(calibration, rows: np.ndarray, y: np.ndarray) -> np.ndarray:
