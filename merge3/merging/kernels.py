@@ -482,7 +482,7 @@ def _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work):
         return _store(base.to(_compute_dtype(base)), out)
     # The same graph for every tensor of a recipe: every input of one dtype, a selection of one kind (a mask of
     # ones where the eager kernel skips it; none when rescaling, whose inputs are masked first into float32
-    # scratch), a factor per input (1.0 likewise).
+    # scratch), a factor per input when rescaling (1.0 likewise; none otherwise).
     rescale = bool(shared.get("rescale", False))
     some_rank = next((r for r in ranks or [] if r is not None), None)
     dtype = torch.float32 if rescale else next((d.dtype for d in deltas if d is not None), base.dtype)
@@ -512,6 +512,6 @@ def _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work):
         weights.append(F.f32(p["weight"]))
     consensus = shared.get("consensus_method", "sum") if spec.consensus else None
     total = float(sum(p["weight"] for p in per_model))
-    F.combine(flat_out, base.reshape(-1), inputs, sels, factors, weights, consensus, bool(shared["normalize"]),
+    F.combine(flat_out, base.reshape(-1), inputs, sels, factors if rescale else None, weights, consensus, bool(shared["normalize"]),
               F.f32(total if abs(total) >= 1e-8 else 1.0), F.f32(shared["lambda"]))
     return out
