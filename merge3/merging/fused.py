@@ -93,9 +93,11 @@ def _combine(out: torch.Tensor, base: torch.Tensor, inputs: list, sels: list, fa
         mixed = torch.zeros(base.shape, dtype=_F32, device=base.device)
         divisor = torch.zeros(base.shape, dtype=_F32, device=base.device)
         for x, w in zip(xs, weights):
-            keep = (x * majority > 0).to(_F32)
-            mixed = mixed + x * keep
-            divisor = divisor + keep * w
+            keep = x * majority > 0  # never for x = +-0
+            # a select, not x * keep: Inductor folds away the zeros mixed starts from, so a -0 from x * 0 would
+            # survive where the eager kernel's +0 + -0 gives +0 (seen where the base is -0)
+            mixed = mixed + torch.where(keep, x, 0.0)
+            divisor = divisor + keep.to(_F32) * w
         if normalize:
             mixed = mixed / (divisor + (divisor == 0).to(_F32))
     else:
