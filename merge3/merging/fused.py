@@ -20,6 +20,8 @@ this pays off over a search's many candidates, not for a one-off merge.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import draws
@@ -27,6 +29,7 @@ from . import draws
 _F32 = torch.float32
 
 
+@functools.lru_cache(maxsize=4096)  # a recipe's few weights, asked again for every tensor
 def f32(x: float) -> float:
     """A Python scalar rounded to float32, as an eager float32 kernel rounds it before the arithmetic."""
     return float(torch.tensor(float(x), dtype=_F32))

@@ -25,8 +25,10 @@ def _store(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     return out
 
 
-# Below this many entries a compiled call's fixed cost (guards, launch) exceeds the passes it saves: eager.
+# Below this many entries a compiled call's fixed cost (guards, launch) exceeds the passes it saves: eager. Not
+# for the TIES family, whose eager kernel makes 20-100 operations per tensor, each of a call's fixed cost.
 FUSED_MIN_NUMEL = 1 << 16
+_FEW_PASSES = ("linear", "task_arithmetic", "slerp", "model_stock")
 
 
 def merge_tensor(spec: MethodSpec, name: str, base: torch.Tensor, deltas: list, shared: dict, per_model: list[dict],
@@ -39,7 +41,7 @@ def merge_tensor(spec: MethodSpec, name: str, base: torch.Tensor, deltas: list, 
     tensor."""
     if not base.is_floating_point():
         return _store(base, out)
-    fused = fused and base.numel() >= FUSED_MIN_NUMEL
+    fused = fused and (base.numel() >= FUSED_MIN_NUMEL or spec.name not in _FEW_PASSES)
     if spec.name in ("linear", "task_arithmetic"):
         return _weighted_sum(spec, name, base, deltas, shared, per_model, out, fused, work)
     if fused:
