@@ -26,7 +26,7 @@ def _store(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
 
 
 # Below this many entries a compiled call's fixed cost (guards, launch) exceeds the passes it saves: eager. Not
-# for the TIES family, whose eager kernel makes 20-100 operations per tensor, each of a call's fixed cost.
+# for the TIES family, whose eager kernel makes 20-100 operations per tensor, each costing about as much.
 FUSED_MIN_NUMEL = 1 << 16
 _FEW_PASSES = ("linear", "task_arithmetic", "slerp", "model_stock")
 
@@ -514,6 +514,6 @@ def _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work):
         weights.append(F.f32(p["weight"]))
     consensus = shared.get("consensus_method", "sum") if spec.consensus else None
     total = float(sum(p["weight"] for p in per_model))
-    F.combine(flat_out, base.reshape(-1), inputs, sels, factors if rescale else None, weights, consensus, bool(shared["normalize"]),
-              F.f32(total if abs(total) >= 1e-8 else 1.0), F.f32(shared["lambda"]))
+    F.combine(flat_out, base.reshape(-1), inputs, sels, factors if rescale else None, weights, consensus,
+              bool(shared["normalize"]), F.f32(total if abs(total) >= 1e-8 else 1.0), F.f32(shared["lambda"]))
     return out
