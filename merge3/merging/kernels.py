@@ -488,17 +488,18 @@ def _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work):
     rescale = bool(shared.get("rescale", False))
     some_rank = next((r for r in ranks or [] if r is not None), None)
     dtype = torch.float32 if rescale else next((d.dtype for d in deltas if d is not None), base.dtype)
-    inputs, sels, factors, weights = [], [], [], []
+    inputs, sels, weights = [], [], []
+    factors = [] if rescale else None
     for i, (delta, p) in enumerate(zip(deltas, per_model)):
         d = _flat_on(delta, dev, work, f"dev{i}")
         rank = None if ranks is None else ranks[i]
         sel = None if d is None else _selection(spec, name, i, d, base.shape, p, seed, rank, work)
-        factor = work.constant(("one", i, str(dev)), lambda: torch.ones((), dtype=torch.float32, device=dev))
         empty = sel is None
         if empty:  # nothing kept: zeros, as the eager kernel's x.zero_()
             d, sel = work.zeros("input", n, dtype, dev), _keep_all(spec, some_rank, work, dev, n)
         if rescale:  # the L1 rescale needs the masked vector whole: mask it first, then combine it as it is
             x = work.get(f"x{i}", n, torch.float32, dev)
+            factor = work.constant(("one", i, str(dev)), lambda: torch.ones((), dtype=torch.float32, device=dev))
             if p["density"] < 1 and not empty:
                 magnitude = work.get("abs", n, torch.float32, dev)
                 F.masked_abs(x, magnitude, d, sel)
@@ -508,12 +509,12 @@ def _fused(spec, name, base, deltas, shared, per_model, seed, ranks, out, work):
             else:
                 F.masked(x, d, sel)
             d, sel = x, ("none",)
+            factors.append(factor)
         inputs.append(d)
         sels.append(sel)
-        factors.append(factor)
         weights.append(F.f32(p["weight"]))
     consensus = shared.get("consensus_method", "sum") if spec.consensus else None
     total = float(sum(p["weight"] for p in per_model))
-    F.combine(flat_out, base.reshape(-1), inputs, sels, factors if rescale else None, weights, consensus,
+    F.combine(flat_out, base.reshape(-1), inputs, sels, factors, weights, consensus,
               bool(shared["normalize"]), F.f32(total if abs(total) >= 1e-8 else 1.0), F.f32(shared["lambda"]))
     return out
